@@ -5,3 +5,4 @@ Importing the package registers the ``*_tenet`` models with timm's registry.
 from .config import TenetConfig
 
 __version__ = '0.1.0'
+from .task import TenetTask

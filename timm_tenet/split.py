@@ -1,0 +1,152 @@
+"""Where a timm network is cut into the feature extractor ``F`` (input -> inhibited map ``A``) and the
+rest ``D`` (``A`` -> logits).
+
+TENET needs ``A`` from a single run of ``F`` and then runs ``D`` three times (clean, for the mask
+gradient, inhibited). Every supported family's ``forward_features`` is ``stem -> stages -> neck``, so
+one small declarative adapter per family, looked up by model class, is enough: ``F`` at stage k is the
+stem and the first k stages, ``D`` is the remaining stages, the neck and ``forward_head``. Stage ``-1``
+cuts at ``forward_features``/``forward_head`` and works for every timm model; there the map may be NCHW
+(CNNs), NHWC (Swin-style ``output_fmt``) or tokens (ViT-style, inhibited on patch tokens only).
+"""
+import re
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models.convnext import ConvNeXt
+from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.regnet import RegNet
+from timm.models.resnet import ResNet
+
+__all__ = ['ModelSplit', 'supported_families']
+
+_LAYER_NAME = re.compile(r'layer(\d+)$')
+_TOKEN_POOLS = ('token', 'map', '')
+
+
+def _resnet_stages(model: nn.Module) -> List[nn.Module]:
+    named = [(int(m.group(1)), module) for name, module in model.named_children() if (m := _LAYER_NAME.match(name))]
+    return [module for _, module in sorted(named, key=lambda item: item[0])]
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one model family's ``forward_features`` decomposes: attribute names run in order."""
+    stem: Tuple[str, ...]
+    stages: Callable[[nn.Module], Sequence[nn.Module]]
+    neck: Tuple[str, ...] = ()
+
+
+_FAMILIES = {
+    ResNet: _Family(('conv1', 'bn1', 'act1', 'maxpool'), _resnet_stages),
+    ConvNeXt: _Family(('stem',), lambda m: list(m.stages), ('norm_pre',)),
+    EfficientNet: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks), ('conv_head', 'bn2')),
+    MobileNetV3: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks)),
+    RegNet: _Family(('stem',), lambda m: [m.s1, m.s2, m.s3, m.s4], ('final_conv',)),
+}
+
+
+def supported_families() -> List[str]:
+    """Model classes whose intermediate stages can be inhibited (any model works at stage -1)."""
+    return [cls.__name__ for cls in _FAMILIES]
+
+
+def _find_family(model: nn.Module) -> Optional[_Family]:
+    for cls in type(model).__mro__:
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    return None
+
+
+def _run(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> torch.Tensor:
+    for name in names:
+        x = getattr(model, name)(x)
+    return x
+
+
+class ModelSplit:
+    """``F``/``D`` of one model at one stage, and the layout of the feature map between them.
+
+    The split holds no parameters: it calls the model's own submodules, so weights, state-dict keys
+    and plain inference are untouched.
+
+    Args:
+        model: A timm model (unwrapped).
+        stage: 1-based stage index, or -1 for the ``forward_features``/``forward_head`` boundary.
+
+    Examples:
+
+        ```python
+        split = ModelSplit(timm.create_model('resnet18'), stage=3)
+        logits = split.rest(split.features(torch.randn(2, 3, 64, 64)))
+        ```
+    """
+
+    def __init__(self, model: nn.Module, stage: int):
+        self.model = model
+        self.stage = stage
+        self.prefix_tokens = 0
+        self.layout = 'NCHW'
+        self._family = _find_family(model)
+        name = type(model).__name__
+        if stage == -1:
+            self._init_head_boundary(model)
+            return
+        if self._family is None:
+            raise ValueError(
+                f'TENET stage {stage} is not available for {name}: only stage=-1 (the forward_features/forward_head '
+                f'boundary) works for it; intermediate stages are supported for {", ".join(supported_families())}.')
+        num_stages = len(self._family.stages(model))
+        if not 1 <= stage <= num_stages:
+            raise ValueError(f'TENET stage {stage} is out of range for {name}: use 1..{num_stages}, or -1.')
+
+    def _init_head_boundary(self, model: nn.Module) -> None:
+        if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':
+            self.layout = 'NHWC'
+        elif hasattr(model, 'num_prefix_tokens'):
+            pool = getattr(model, 'global_pool', 'token')
+            if getattr(model, 'attn_pool', None) is not None or pool in _TOKEN_POOLS:
+                raise ValueError(
+                    f"TENET at stage -1 needs pooled patch tokens, but {type(model).__name__} uses global_pool="
+                    f"'{pool}' (patch-token gradients are zero); create the model with global_pool='avg'.")
+            self.layout = 'NLC'
+            self.prefix_tokens = model.num_prefix_tokens
+
+    def stages(self) -> Sequence[nn.Module]:
+        return self._family.stages(self.model) if self._family is not None else ()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``F``: input -> inhibited feature map ``A`` (in the model's own layout)."""
+        if self.stage == -1:
+            return self.model.forward_features(x)
+        x = _run(self.model, self._family.stem, x)
+        for stage in self.stages()[:self.stage]:
+            x = stage(x)
+        return x
+
+    def rest(self, a: torch.Tensor) -> torch.Tensor:
+        """``D``: feature map ``A`` -> logits."""
+        if self.stage != -1:
+            for stage in self.stages()[self.stage:]:
+                a = stage(a)
+            a = _run(self.model, self._family.neck, a)
+        return self.model.forward_head(a)
+
+    def to_maps(self, a: torch.Tensor) -> torch.Tensor:
+        """View ``A`` as B x C x positions for the TENET maths (differentiable)."""
+        if self.layout == 'NHWC':
+            return a.permute(0, 3, 1, 2)
+        if self.layout == 'NLC':
+            return a[:, self.prefix_tokens:].transpose(1, 2)
+        return a
+
+    def apply_mask(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``A * mask`` in ``A``'s dtype, the mask given as B x C x positions (prefix tokens are never inhibited)."""
+        if self.layout == 'NHWC':
+            return (a * mask.permute(0, 2, 3, 1)).to(a.dtype)
+        if self.layout == 'NLC':
+            patches = (a[:, self.prefix_tokens:] * mask.transpose(1, 2)).to(a.dtype)
+            return torch.cat([a[:, :self.prefix_tokens], patches], dim=1)
+        return (a * mask).to(a.dtype)

@@ -1,0 +1,268 @@
+"""TENET as a timm training task: one joint loss per step, both passes inside one module forward."""
+import logging
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import group_parameters
+from timm.task import ClassificationTask
+from timm.utils import unwrap_model
+
+from .config import TenetConfig
+from .inhibition import group_channels, orthogonal_loss, reversed_mask
+from .split import ModelSplit
+
+__all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite']
+
+_logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (BatchNorm running stats, no dropout), then restore every module's mode."""
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+@contextmanager
+def _frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Normalise with batch statistics as in training, without updating running statistics."""
+    tracking = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in tracking:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in tracking:
+            m.track_running_stats = True
+
+
+def _is_soft(target: torch.Tensor) -> bool:
+    return target.is_floating_point() and target.ndim == 2
+
+
+def _per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if _is_soft(target):
+        return -(target * logits.log_softmax(-1)).sum(-1)
+    return F.cross_entropy(logits, target, reduction='none')
+
+
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / weights.sum().clamp_min(1)
+
+
+def ensure_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop training on a non-finite loss; reads the loss back, so call it where the loop syncs anyway."""
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(
+            f'non-finite loss ({loss.detach().float().cpu().tolist()}) at training step {step}: stopping without saving '
+            f'these weights; lower the learning rate, enable --clip-grad, or resume from the last checkpoint.')
+
+
+class TenetTrainableModule(nn.Module):
+    """The model plus everything TENET runs through it in one ``forward``, so that DDP sees one forward.
+
+    A TENET step computes ``A = F(x)`` once, the clean logits ``D(A)``, the gradient of the chosen
+    logits w.r.t. ``A`` with the network in eval mode (no BatchNorm batch coupling, as the reference),
+    the channel groups and reversed mask, and the inhibited logits ``D(A * mask)`` with BatchNorm running
+    statistics frozen (masked features are smaller and would pollute them).
+
+    Args:
+        model: The timm model being trained.
+        cfg: TENET settings.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TenetConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.split = ModelSplit(model, cfg.stage)
+        self.compiled_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._channels_checked = False
+
+    def no_weight_decay(self):
+        model = unwrap_model(self.model)
+        if not hasattr(model, 'no_weight_decay'):
+            return set()
+        return {'model.' + name for name in model.no_weight_decay()}
+
+    def group_matcher(self, coarse: bool = False):
+        model = unwrap_model(self.model)
+        if not hasattr(model, 'group_matcher'):
+            return {}
+        layer_map = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+        last_layer = max(layer_map.values(), default=0)
+        return lambda name: layer_map.get(name[len('model.'):], last_layer)
+
+    def _check_channels(self, maps: torch.Tensor) -> None:
+        if not self._channels_checked:
+            num_channels = maps.shape[1]
+            if self.cfg.num_groups > num_channels:
+                raise ValueError(
+                    f'TENET num_groups={self.cfg.num_groups} is more than the {num_channels} channels at stage '
+                    f'{self.cfg.stage} of {type(self.model).__name__}; use at most {num_channels} groups.')
+            self._channels_checked = True
+
+    def _logit_gradient(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``dL_d/dA`` with ``L_d`` the summed logits of the chosen classes, ``D`` in eval mode."""
+        probe = features.detach().requires_grad_(True)
+        with _eval_mode(self.model), torch.enable_grad():
+            logits = self.split.rest(probe).float()
+            if _is_soft(target):
+                chosen = (logits * target).sum()
+            else:
+                chosen = logits.gather(1, target.unsqueeze(1)).sum()
+            (grad,) = torch.autograd.grad(chosen, probe)
+        return grad
+
+    def forward(
+            self,
+            input: torch.Tensor,
+            target: Optional[torch.Tensor] = None,
+            tenet_step: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """Clean logits (``output``), and on a TENET step the ``inhibited`` logits, the per-sample
+        ``selected`` weights (1 where inhibition applies) and per-sample ``orth`` loss."""
+        features = (self.compiled_features or self.split.features)(input)
+        output = self.split.rest(features)
+        maps = self.split.to_maps(features)
+        self._check_channels(maps)
+        if not tenet_step:
+            return {'output': output}
+
+        cfg = self.cfg
+        labels = target.argmax(-1) if _is_soft(target) else target
+        prediction = output.detach().argmax(-1)
+        if cfg.only_correct:
+            selected = (prediction == labels).float()
+        else:
+            selected = torch.ones_like(labels, dtype=torch.float32)
+        chosen = target if cfg.target == 'label' else prediction
+
+        group_ids = group_channels(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
+        grads = self.split.to_maps(self._logit_gradient(features, chosen))
+        mask = reversed_mask(maps, grads, group_ids, cfg.num_groups)
+        with _frozen_batchnorm_stats(self.model):
+            inhibited = self.split.rest(self.split.apply_mask(features, mask))
+        return {
+            'output': output,
+            'inhibited': inhibited,
+            'selected': selected,
+            'orth': orthogonal_loss(maps, group_ids, cfg.num_groups, reduction='none'),
+        }
+
+
+class TenetTask(ClassificationTask):
+    """TENET training (group-wise inhibition feature regularisation, ICCV 2021) as a timm task.
+
+    Every step computes the clean loss with ``criterion``. After ``cfg.warmup_steps`` training forward
+    calls, every ``cfg.period``-th call is a TENET step with the joint loss
+    ``CE(D(A)) + weight * CE(D(A * mask))[correct] + orth_weight * L_orth[correct]``, so that timm's loop,
+    gradient accumulation, AMP, EMA and DDP see one ordinary loss. The step counter is checkpointed as
+    task state, so a resumed run keeps its warm-up and period phase.
+
+    Args:
+        model: The timm model to train (a ``*_tenet`` model carries its own settings).
+        cfg: TENET settings; defaults to the model's ``tenet_cfg``, else ``TenetConfig()``.
+        criterion: Loss for the clean pass. Created from ``criterion_kwargs`` when None.
+        criterion_kwargs: Arguments for ``timm.loss.create_classification_loss``.
+        device: Device for task tensors/buffers.
+        dtype: Dtype for task tensors/buffers.
+        verbose: Enable info logging.
+
+    Examples:
+
+        ```python
+        model = timm.create_model('resnet18_tenet', num_classes=10)
+        task = TenetTask(model, TenetConfig(warmup_steps=0, period=1))
+        result = task(torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,)))
+        result['loss'].backward()  # result also holds loss_clean, loss_inhibited, loss_orth, inhibited_frac
+        ```
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            cfg: Optional[TenetConfig] = None,
+            criterion: Optional[Union[nn.Module, Callable]] = None,
+            criterion_kwargs: Optional[Dict[str, Any]] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+            verbose: bool = True,
+    ):
+        super().__init__(model, criterion, criterion_kwargs=criterion_kwargs, device=device, dtype=dtype, verbose=False)
+        self.cfg = cfg or getattr(unwrap_model(model), 'tenet_cfg', None) or TenetConfig()
+        self.trainable_module = TenetTrainableModule(model, self.cfg)
+        self.step = 0
+        if verbose:
+            _logger.info(f'TenetTask: {self.cfg}')
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile ``F`` and the eval model; ``D`` stays eager because its input gradient is taken with
+        ``torch.autograd.grad``, which a compiled graph cannot contain."""
+        trainable = unwrap_model(self.trainable_module)
+        trainable.compiled_features = torch.compile(
+            trainable.split.features, backend=backend, mode=mode, **compile_kwargs)
+        self.eval_model = torch.compile(trainable.model, backend=backend, mode=mode, **compile_kwargs)
+        return self.eval_model
+
+    def get_eval_model(self, module: Optional[nn.Module] = None, ema: bool = False) -> Optional[nn.Module]:
+        """The bare model, so checkpoint and EMA keys are the base model's keys."""
+        current = resolved = super().get_eval_model(module=module, ema=ema)
+        while current is not None:
+            if isinstance(current, TenetTrainableModule):
+                return current.model
+            current = getattr(current, 'module', None)
+        return resolved
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
+        return {'tenet_step': self.step, 'tenet_cfg': self.cfg.to_dict()}
+
+    def load_task_state(
+            self,
+            state: Optional[Dict[str, Any]],
+            strict: bool = True,
+            module: Optional[nn.Module] = None,
+            ema: bool = False,
+    ) -> None:
+        if state and not ema:
+            self.step = int(state.get('tenet_step', 0))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Clean (and on TENET steps, inhibited) forward and the joint loss.
+
+        Returns:
+            ``loss``, ``output`` (clean logits) and ``loss_clean`` on every step; on TENET steps also
+            ``loss_inhibited``, ``loss_orth`` and ``inhibited_frac`` (fraction of samples inhibited).
+        """
+        if self.training:
+            self.step += 1
+        tenet_step = self.training and self.cfg.is_tenet_step(self.step)
+        passes = self.trainable_module(input, target, tenet_step=tenet_step)
+        output = passes['output']
+        loss_clean = self.criterion(output, target)
+        result = {'loss': loss_clean, 'output': output, 'loss_clean': loss_clean}
+        if tenet_step:
+            selected = passes['selected']
+            loss_inhibited = _masked_mean(_per_sample_cross_entropy(passes['inhibited'], target), selected)
+            loss_orth = _masked_mean(passes['orth'], selected)
+            result.update(
+                loss=loss_clean + self.cfg.weight * loss_inhibited + self.cfg.orth_weight * loss_orth,
+                loss_inhibited=loss_inhibited,
+                loss_orth=loss_orth,
+                inhibited_frac=selected.mean(),
+            )
+        return result
