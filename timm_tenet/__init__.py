@@ -3,6 +3,7 @@
 Importing the package registers the ``*_tenet`` models with timm's registry.
 """
 from .config import TenetConfig
+from .task import TenetTask
+from .tenet_models import TENET_BASES, base_architecture, create_tenet_model, get_tenet_config
 
 __version__ = '0.1.0'
-from .task import TenetTask

@@ -6,13 +6,15 @@ synchronisation, so it can sit inside a training step. The functions know nothin
 they take a feature map ``A`` (B x C x H x W, or any B x C x ... layout whose trailing dims are
 spatial) and, for the mask, the gradient of the chosen logits with respect to ``A``.
 
-Group ids are per sample: group 3 of sample 0 is unrelated to group 3 of sample 1. Group sums use
-``scatter_add`` and ``gather`` rather than one-hot matrix products so that TF32 matmul settings
-cannot lower their precision.
+Group ids are per sample: group 3 of sample 0 is unrelated to group 3 of sample 1. The mask's group
+sums use ``scatter_add`` and ``gather`` rather than one-hot matrix products so that TF32 matmul
+settings cannot lower their precision; k-means centres, which are only approximations on the way to
+an assignment, use the faster matrix products.
 """
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ['group_channels', 'reversed_mask', 'orthogonal_loss']
 
@@ -39,6 +41,12 @@ def _squared_distances(points: torch.Tensor, points_sq: torch.Tensor, centres: t
     return (points_sq.unsqueeze(2) - 2 * cross + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min_(0)
 
 
+def _nearest_centre(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centre, B x C; ``|x|^2`` is the same for every centre, so it is dropped."""
+    centres_sq = centres.pow(2).sum(-1).unsqueeze(1)
+    return torch.baddbmm(centres_sq, points, centres.transpose(1, 2), alpha=-2).argmin(-1)
+
+
 def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups: int, generator) -> torch.Tensor:
     """k-means++ seeding: indices B x K of distinct channels, each drawn with probability ~ D^2."""
     batch, num_channels, _ = points.shape
@@ -49,8 +57,8 @@ def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups:
     taken[rows, first] = True
     nearest = _squared_distances(points, points_sq, points[rows, first].unsqueeze(1)).squeeze(2)
     for _ in range(num_groups - 1):
-        # the tiny floor keeps rows of identical channels drawable; taken channels get exactly 0
-        weights = torch.where(taken, torch.zeros_like(nearest), nearest + 1e-30)
+        # the floor keeps rows of identical channels drawable, the cap keeps the row sum finite
+        weights = torch.where(taken, torch.zeros_like(nearest), nearest.clamp(max=1e30) + 1e-30)
         pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)
         chosen.append(pick)
         taken[rows, pick] = True
@@ -62,7 +70,8 @@ def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups:
 def _snap_to_channels(points: torch.Tensor, points_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Replace each centre by its nearest channel, greedily in centre order so the K channels stay distinct."""
     batch, num_channels, _ = points.shape
-    dist = _squared_distances(points, points_sq, centres)
+    # |c|^2 is the same for every channel, so it is dropped from the distances
+    dist = torch.baddbmm(points_sq.unsqueeze(2), points, centres.transpose(1, 2), alpha=-2)
     taken = torch.zeros(batch, num_channels, dtype=torch.bool, device=points.device)
     rows = torch.arange(batch, device=points.device)
     picks = []
@@ -117,18 +126,20 @@ def group_channels(
         ids = group_channels(torch.randn(2, 16, 4, 4), num_groups=3)  # shape (2, 16)
         ```
     """
-    points = features.detach().flatten(2).float()
+    # non-finite activations (a diverged step) must not crash the sampler; the loss reports them
+    points = torch.nan_to_num(features.detach().flatten(2).float(), nan=0.0, posinf=0.0, neginf=0.0)
     _check_groups(num_groups, points.shape[1])
     points_sq = points.pow(2).sum(-1)
     rows = torch.arange(points.shape[0], device=points.device).unsqueeze(1)
     centres = points[rows, _kmeans_plus_plus(points, points_sq, num_groups, generator)]
     for _ in range(iters):
-        assignment = _squared_distances(points, points_sq, centres).argmin(-1)
-        counts = _group_counts(assignment, num_groups).unsqueeze(-1)
-        means = _group_sums(points, assignment, num_groups) / counts.clamp_min(1)
+        assignment = _nearest_centre(points, centres)
+        members = F.one_hot(assignment, num_groups).to(points.dtype)
+        counts = members.sum(1).unsqueeze(-1)
+        means = torch.bmm(members.transpose(1, 2), points) / counts.clamp_min(1)
         means = torch.where(counts > 0, means, centres)
         centres = points[rows, _snap_to_channels(points, points_sq, means)] if medoid else means
-    return _squared_distances(points, points_sq, centres).argmin(-1)
+    return _nearest_centre(points, centres)
 
 
 @torch.no_grad()

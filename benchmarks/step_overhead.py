@@ -1,0 +1,113 @@
+"""Cost of a TENET training step against timm's ClassificationTask step on the same model and batch.
+
+Steps are timed interleaved (plain, TENET variants, plain, ...) so that machine noise hits all of
+them alike; medians are reported. A step is zero_grad + forward + backward + SGD update.
+
+    python benchmarks/step_overhead.py --model resnet50 -b 16 --img-size 128
+"""
+import argparse
+import json
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import timm
+import torch
+from timm.task import ClassificationTask
+
+from timm_tenet import TenetConfig, TenetTask
+from timm_tenet.inhibition import group_channels, reversed_mask
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _step_fn(task, optimizer, x, y, amp_dtype):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = task(x, y)['loss']
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', default='resnet50')
+    parser.add_argument('-b', '--batch-size', type=int, default=16)
+    parser.add_argument('--img-size', type=int, default=128)
+    parser.add_argument('--stage', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=6)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--amp-dtype', default=None, choices=[None, 'bfloat16', 'float16'])
+    parser.add_argument('--results-file', default='')
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else None
+    torch.manual_seed(0)
+    model = timm.create_model(args.model, num_classes=1000).to(device)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    every = dict(warmup_steps=0, period=1, only_correct=False)  # inhibit every sample: worst case
+
+    tasks = {
+        'plain': ClassificationTask(model, verbose=False),
+        f'tenet stage {args.stage}, every step': TenetTask(model, TenetConfig(stage=args.stage, **every), verbose=False),
+        f'tenet stage {args.stage}, period 3': TenetTask(
+            model, TenetConfig(stage=args.stage, warmup_steps=0, period=3, only_correct=False), verbose=False),
+        'tenet stage -1, every step': TenetTask(model, TenetConfig(stage=-1, **every), verbose=False),
+    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    steps = {name: _step_fn(task.train(), optimizer, x, y, amp_dtype) for name, task in tasks.items()}
+    period_name = f'tenet stage {args.stage}, period 3'
+
+    split = tasks[f'tenet stage {args.stage}, every step'].get_trainable_module().split
+    with torch.no_grad():
+        features = split.features(x).float()
+    grads = torch.randn_like(features)
+
+    def mask_only():
+        ids = group_channels(features, 6)
+        reversed_mask(features, grads, ids, 6)
+
+    times: Dict[str, List[float]] = {name: [] for name in [*steps, 'grouping + mask']}
+    for step in steps.values():  # warm-up
+        step()
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            if name == period_name:  # three consecutive calls: one TENET step, two plain, amortised
+                times[name].append(sum(_timed(step, device) for _ in range(3)) / 3)
+            else:
+                times[name].append(_timed(step, device))
+        times['grouping + mask'].append(_timed(mask_only, device))
+
+    plain = statistics.median(times['plain'])
+    results = {
+        'model': args.model, 'batch_size': args.batch_size, 'img_size': args.img_size, 'device': str(device),
+        'threads': torch.get_num_threads(), 'amp_dtype': args.amp_dtype, 'feature_shape': list(features.shape),
+        'rows': [
+            {'what': name, 'median_s': round(statistics.median(t), 4), 'x_plain': round(statistics.median(t) / plain, 3)}
+            for name, t in times.items()
+        ],
+    }
+    print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, {device}, {torch.get_num_threads()} threads, "
+          f"inhibited map {tuple(features.shape)}")
+    print(f"{'what':<32} {'median s':>9} {'x plain step':>13}")
+    for row in results['rows']:
+        print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f}")
+    if args.results_file:
+        with open(args.results_file, 'w') as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,218 @@
+"""TenetTask: the joint loss, the schedule, BatchNorm hygiene, AMP, EMA, checkpoints and bad input."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.task import ClassificationTask
+
+from timm_tenet import TenetConfig, TenetTask
+from timm_tenet.task import ensure_finite
+
+EVERY_STEP = dict(warmup_steps=0, period=1)
+
+
+def make_batch(num_classes=10, batch=6, size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, num_classes, (batch,), generator=gen)
+
+
+def batchnorm_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k}
+
+
+def first_conv_grad(task, loss_key, x, y):
+    task.zero_grad()
+    result = task(x, y)
+    result[loss_key].backward()
+    return result, task.get_eval_model().conv1.weight.grad.abs().sum()
+
+
+@pytest.fixture
+def resnet():
+    torch.manual_seed(0)
+    return timm.create_model('resnet18', num_classes=10)
+
+
+def test_tenet_step_returns_all_terms_and_inhibited_loss_reaches_feature_extractor(resnet):
+    task = TenetTask(resnet, TenetConfig(stage=3, only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch()
+    result, grad = first_conv_grad(task, 'loss_inhibited', x, y)
+    assert set(result) == {'loss', 'output', 'loss_clean', 'loss_inhibited', 'loss_orth', 'inhibited_frac'}
+    assert torch.isfinite(result['loss']) and grad > 0
+    expected = result['loss_clean'] + 0.1 * result['loss_inhibited'] + 1e-3 * result['loss_orth']
+    torch.testing.assert_close(result['loss'], expected)
+    assert result['inhibited_frac'].item() == 1.0
+
+
+def test_masked_pass_leaves_batchnorm_statistics(resnet):
+    clean_only = copy.deepcopy(resnet).train()
+    task = TenetTask(resnet, TenetConfig(stage=2, only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch()
+    task(x, y)['loss'].backward()
+    clean_only(x)
+    tenet_stats, clean_stats = batchnorm_state(resnet), batchnorm_state(clean_only)
+    assert tenet_stats.keys() == clean_stats.keys()
+    for key in clean_stats:
+        torch.testing.assert_close(tenet_stats[key], clean_stats[key], msg=key)
+    assert all(m.track_running_stats for m in resnet.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.training for m in resnet.modules())
+
+
+def test_schedule_follows_warmup_and_period(resnet):
+    task = TenetTask(resnet, TenetConfig(warmup_steps=4, period=3)).train()
+    x, y = make_batch(batch=2)
+    tenet_steps = [step for step in range(1, 11) if 'loss_inhibited' in task(x, y)]
+    assert tenet_steps == [6, 9]
+    task.eval()
+    assert 'loss_inhibited' not in task(x, y) and task.step == 10
+
+
+def test_only_correct_samples_are_inhibited(resnet):
+    task = TenetTask(resnet, TenetConfig(**EVERY_STEP)).train()
+    x, _ = make_batch()
+    with torch.no_grad():
+        predicted = resnet.eval()(x).argmax(-1)
+    resnet.train()
+    with torch.no_grad():
+        train_prediction = task.trainable_module(x)['output'].argmax(-1)
+    y = train_prediction.clone()
+    y[:2] = (y[:2] + 1) % 10  # two wrong samples
+    result = task(x, y)
+    assert result['inhibited_frac'].item() == pytest.approx(4 / 6)
+    assert predicted.shape == y.shape
+
+
+def test_soft_targets_from_mixup_are_supported(resnet):
+    from timm.loss import SoftTargetCrossEntropy
+    task = TenetTask(resnet, TenetConfig(only_correct=False, **EVERY_STEP), criterion=SoftTargetCrossEntropy()).train()
+    x, y = make_batch()
+    soft = 0.8 * nn.functional.one_hot(y, 10).float() + 0.02
+    result = task(x, soft)
+    result['loss'].backward()
+    assert torch.isfinite(result['loss_inhibited'])
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_tenet_step_under_autocast(resnet, dtype):
+    task = TenetTask(resnet, TenetConfig(only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch()
+    with torch.autocast('cpu', dtype=dtype):
+        result = task(x, y)
+    result['loss'].backward()
+    assert torch.isfinite(result['loss']) and torch.isfinite(result['loss_inhibited'])
+
+
+@pytest.mark.parametrize('stage', [-1, 1, 4])
+def test_stage_boundaries_match_plain_forward(resnet, stage):
+    task = TenetTask(resnet, TenetConfig(stage=stage)).eval()
+    x, y = make_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(task(x, y)['output'], resnet(x))
+
+
+def test_eval_model_and_checkpoint_keys_are_the_base_model(resnet):
+    base_keys = set(resnet.state_dict())
+    task = TenetTask(resnet, TenetConfig(**EVERY_STEP)).train()
+    task.setup_ema(decay=0.5)
+    x, y = make_batch()
+    task(x, y)['loss'].backward()
+    task.update_ema()
+    assert task.get_eval_model() is resnet
+    assert set(task.get_eval_model(ema=True).state_dict()) == base_keys
+    state = task.get_checkpoint_state()
+    assert set(state['state_dict']) == base_keys and state['task_state']['tenet_step'] == 1
+    assert set(task.get_checkpoint_state(ema=True)['state_dict_ema']) == base_keys
+
+
+def test_task_state_restores_the_step_counter(resnet):
+    task = TenetTask(resnet, TenetConfig(warmup_steps=3, period=2)).train()
+    x, y = make_batch(batch=2)
+    for _ in range(3):
+        task(x, y)
+    state = task.get_checkpoint_state()
+    resumed = TenetTask(copy.deepcopy(resnet), TenetConfig(warmup_steps=3, period=2)).train()
+    resumed.load_checkpoint_state(state['state_dict'], state['task_state'])
+    assert resumed.step == 3 and 'loss_inhibited' in resumed(x, y)
+
+
+def test_optimizer_sees_forwarded_no_weight_decay_and_group_matcher():
+    torch.manual_seed(0)
+    model = timm.create_model('test_vit', num_classes=10, global_pool='avg')
+    task = TenetTask(model, TenetConfig(stage=-1, num_groups=4))
+    trainable = task.get_trainable_module()
+    assert trainable.no_weight_decay() == {'model.' + n for n in model.no_weight_decay()}
+    matcher = trainable.group_matcher()
+    assert matcher('model.patch_embed.proj.weight') < matcher('model.head.weight')
+
+
+def test_model_tenet_cfg_is_the_default(resnet):
+    resnet.tenet_cfg = TenetConfig(stage=2, num_groups=3)
+    assert TenetTask(resnet).cfg == resnet.tenet_cfg
+    assert TenetTask(resnet, TenetConfig(stage=1)).cfg.stage == 1
+
+
+def test_compile_compiles_the_feature_extractor(resnet):
+    task = TenetTask(resnet, TenetConfig(only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch()
+    eval_model = task.compile(backend='eager')
+    assert task.get_trainable_module().compiled_features is not None
+    assert task.get_eval_model() is eval_model
+    task(x, y)['loss'].backward()
+
+
+def test_matches_classification_task_before_warmup(resnet):
+    x, y = make_batch()
+    plain = ClassificationTask(copy.deepcopy(resnet)).train()
+    tenet = TenetTask(resnet, TenetConfig(warmup_steps=100)).train()
+    torch.testing.assert_close(tenet(x, y)['loss'], plain(x, y)['loss'])
+
+
+def test_vit_at_head_boundary_inhibits_patch_tokens_only():
+    torch.manual_seed(0)
+    model = timm.create_model('test_vit', num_classes=10, global_pool='avg')
+    task = TenetTask(model, TenetConfig(stage=-1, num_groups=4, only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch(size=160)
+    result = task(x, y)
+    result['loss'].backward()
+    assert torch.isfinite(result['loss_inhibited'])
+
+
+# --- bad input: one clear line each ---------------------------------------------------------------
+
+@pytest.mark.parametrize('stage, message', [
+    (5, r'stage 5 is out of range for ResNet: use 1\.\.4, or -1'),
+    (0, 'stage is 1-based'),
+])
+def test_stage_out_of_range_is_refused(resnet, stage, message):
+    with pytest.raises(ValueError, match=message):
+        TenetTask(resnet, TenetConfig(stage=stage))
+
+
+def test_intermediate_stage_of_unsupported_family_names_supported_ones():
+    model = timm.create_model('test_vit', num_classes=10, global_pool='avg')
+    with pytest.raises(ValueError, match='only stage=-1.*supported for ResNet, ConvNeXt'):
+        TenetTask(model, TenetConfig(stage=2))
+
+
+def test_vit_token_pooling_is_refused():
+    model = timm.create_model('test_vit', num_classes=10, global_pool='token')
+    with pytest.raises(ValueError, match="global_pool='token'.*global_pool='avg'"):
+        TenetTask(model, TenetConfig(stage=-1))
+
+
+@pytest.mark.parametrize('num_groups, message', [(1, 'num_groups >= 2'), (65, 'more than the 64 channels at stage 1')])
+def test_group_counts_are_checked(resnet, num_groups, message):
+    with pytest.raises(ValueError, match=message):
+        task = TenetTask(resnet, TenetConfig(stage=1, num_groups=num_groups))
+        task(*make_batch(batch=2))
+
+
+def test_non_finite_loss_stops_with_the_step_number(resnet):
+    task = TenetTask(resnet, TenetConfig(**EVERY_STEP)).train()
+    x, y = make_batch()
+    x[0] = float('nan')
+    result = task(x, y)
+    with pytest.raises(FloatingPointError, match='non-finite loss .* at training step 1'):
+        ensure_finite(result['loss'], task.step)
