@@ -1,0 +1,201 @@
+"""Write a corrupted copy of an image folder in the CIFAR-10-C (``.npy``) or ImageNet-C (folder) layout.
+
+The released -C sets exist only for CIFAR and ImageNet. This builds a fixed, reproducible -C set for
+any ``<class>/<image>`` folder with the on-the-fly corruptions of :mod:`timm_tenet.corruptions`, so
+that every model of a study is scored on the very same corrupted pixels and the result is read back
+by :mod:`timm_tenet.c_datasets` exactly like the released sets. Each (corruption, severity) draws its
+noise from its own seeded generator, so a subset of corruptions reproduces the same pixels as a full
+run. Outputs are written under temporary names and renamed when complete: an interrupted run leaves
+no half-written array or severity folder behind.
+
+Usage:
+    python -m timm_tenet.make_c --data-dir DIR --out OUT --format cifar-c|imagenet-c \\
+        [--corruptions NAME ...] [--severities 1 2 ...] [--dataset cifar|imagenet] [--seed 0]
+"""
+import argparse
+import os
+import shutil
+import zlib
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
+
+from .c_datasets import SEVERITIES
+from .corruptions import CORRUPTIONS, corrupt
+
+__all__ = ['make_c', 'main']
+
+FORMATS = ('cifar-c', 'imagenet-c')
+
+
+def _image_folder(data_dir: str, img_size: Optional[int]) -> ImageFolder:
+    """The class-folder dataset as float tensors, all resized to ``img_size`` or to the first image's size."""
+    dataset = ImageFolder(data_dir)
+    if img_size:
+        size = (img_size, img_size)
+    else:
+        with Image.open(dataset.samples[0][0]) as first:
+            size = first.size[::-1]
+    dataset.transform = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    return dataset
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """B x C x H x W floats in [0, 1] -> B x H x W x C uint8 on the host."""
+    return (x * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class _CifarCWriter:
+    """One memory-mapped ``<corruption>.npy`` (5N, H, W, 3) per corruption plus ``labels.npy`` (5N,)."""
+
+    def __init__(self, out: str, corruptions: Sequence[str], targets: Sequence[int], height: int, width: int):
+        n = len(targets)
+        self.out, self.n = out, n
+        self.arrays = {
+            name: np.lib.format.open_memmap(
+                self._tmp(name + '.npy'), mode='w+', dtype=np.uint8, shape=(5 * n, height, width, 3))
+            for name in corruptions}
+        self.labels = np.tile(np.asarray(targets, dtype=np.uint8 if max(targets) < 256 else np.int64), 5)
+
+    def _tmp(self, filename: str) -> str:
+        return os.path.join(self.out, f'.{filename}.tmp')
+
+    def write(self, name: str, severity: int, start: int, images: np.ndarray, paths: Sequence[str]) -> None:
+        offset = (severity - 1) * self.n + start
+        self.arrays[name][offset:offset + len(images)] = images
+
+    def commit(self) -> None:
+        with open(self._tmp('labels.npy'), 'wb') as f:
+            np.save(f, self.labels)
+        for name, array in self.arrays.items():
+            array.flush()
+            os.replace(self._tmp(name + '.npy'), os.path.join(self.out, name + '.npy'))
+        self.arrays = {}
+        os.replace(self._tmp('labels.npy'), os.path.join(self.out, 'labels.npy'))
+
+
+class _ImageNetCWriter:
+    """PNG files (lossless, so that no JPEG artefact is added) under ``<corruption>/<severity>/<class>/``."""
+
+    def __init__(self, out: str, data_dir: str):
+        self.out, self.data_dir, self.written = out, data_dir, set()
+
+    def _tmp(self, name: str, severity: int) -> str:
+        return os.path.join(self.out, name, f'.{severity}.tmp')
+
+    def write(self, name: str, severity: int, start: int, images: np.ndarray, paths: Sequence[str]) -> None:
+        folder = self._tmp(name, severity)
+        if (name, severity) not in self.written:
+            shutil.rmtree(folder, ignore_errors=True)  # left over from an interrupted run
+            self.written.add((name, severity))
+        for image, path in zip(images, paths):
+            target = os.path.join(folder, os.path.splitext(os.path.relpath(path, self.data_dir))[0] + '.png')
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            Image.fromarray(image).save(target)
+
+    def commit(self) -> None:
+        for name, severity in sorted(self.written):
+            final = os.path.join(self.out, name, str(severity))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(self._tmp(name, severity), final)
+
+
+def _generator(seed: int, name: str, severity: int, device: torch.device) -> torch.Generator:
+    # crc32 rather than hash(): str hashes change between Python processes
+    return torch.Generator(device=device).manual_seed(zlib.crc32(f'{seed}/{name}/{severity}'.encode()))
+
+
+def make_c(
+        data_dir: str,
+        out: str,
+        layout: str = 'cifar-c',
+        corruptions: Sequence[str] = CORRUPTIONS,
+        severities: Sequence[int] = SEVERITIES,
+        dataset: Optional[str] = None,
+        seed: int = 0,
+        img_size: Optional[int] = None,
+        batch_size: int = 64,
+        device: str = 'cpu',
+        progress: bool = True,
+) -> None:
+    """Corrupt every image of ``data_dir`` (``<class>/<image>``) and write the -C layout to ``out``.
+
+    Args:
+        data_dir: Image folder with one sub-folder per class.
+        out: Output folder (created).
+        layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (PNG folders).
+        corruptions: Names from :data:`timm_tenet.corruptions.CORRUPTIONS`.
+        severities: Severities to write (``'cifar-c'`` stacks all five).
+        dataset: Severity constants, ``'cifar'`` or ``'imagenet'``; by default those matching ``layout``.
+        seed: Base seed of the noise.
+        img_size: Square size every image is resized to; the first image's size when not given.
+        batch_size: Images corrupted at once.
+        device: Where the corruptions run.
+        progress: Show a tqdm bar.
+    """
+    if layout not in FORMATS:
+        raise ValueError(f"unknown -C layout '{layout}'; choose one of {', '.join(FORMATS)}.")
+    unknown = [name for name in corruptions if name not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; choose from {', '.join(CORRUPTIONS)}.")
+    if any(s not in SEVERITIES for s in severities):
+        raise ValueError(f'severities must be integers from 1 to 5, got {list(severities)}.')
+    if layout == 'cifar-c' and sorted(severities) != list(SEVERITIES):
+        raise ValueError('the CIFAR-C layout stacks all 5 severities in one array; drop --severities '
+                         'or use --format imagenet-c.')
+    dataset = dataset or ('cifar' if layout == 'cifar-c' else 'imagenet')
+    images = _image_folder(data_dir, img_size)
+    os.makedirs(out, exist_ok=True)
+    if layout == 'cifar-c':
+        height, width = images[0][0].shape[-2:]
+        writer = _CifarCWriter(out, corruptions, images.targets, height, width)
+    else:
+        writer = _ImageNetCWriter(out, data_dir)
+    device = torch.device(device)
+    generators = {(c, s): _generator(seed, c, s, device) for c in corruptions for s in severities}
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False)
+    start = 0
+    for x, _ in tqdm(loader, desc=f'make {layout}', disable=None if progress else True):
+        x = x.to(device)
+        paths = [path for path, _ in images.samples[start:start + len(x)]]
+        for (name, severity), generator in generators.items():
+            corrupted = corrupt(x, name, severity, generator=generator, dataset=dataset)
+            writer.write(name, severity, start, _to_uint8(corrupted), paths)
+        start += len(x)
+    writer.commit()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description='Write a corrupted copy of an image folder in a -C layout.')
+    parser.add_argument('--data-dir', required=True, help='image folder with one sub-folder per class')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--format', dest='layout', required=True, choices=FORMATS,
+                        help='CIFAR-10-C .npy arrays or ImageNet-C folders')
+    parser.add_argument('--corruptions', nargs='+', default=list(CORRUPTIONS), metavar='NAME', choices=CORRUPTIONS,
+                        help='corruptions to write (default: all)')
+    parser.add_argument('--severities', nargs='+', type=int, default=list(SEVERITIES), choices=SEVERITIES,
+                        help='severities to write (default: 1 2 3 4 5)')
+    parser.add_argument('--dataset', choices=('cifar', 'imagenet'), default=None,
+                        help='severity constants (default: cifar for cifar-c, imagenet for imagenet-c)')
+    parser.add_argument('--seed', type=int, default=0, help='base seed of the noise (default: 0)')
+    parser.add_argument('--img-size', type=int, default=None, help='resize every image to this square size '
+                                                                   '(default: the first image\'s size)')
+    parser.add_argument('--batch-size', type=int, default=64, help='images corrupted at once (default: 64)')
+    parser.add_argument('--device', default='cpu', help='device the corruptions run on (default: cpu)')
+    args = parser.parse_args(argv)
+    try:
+        make_c(args.data_dir, args.out, layout=args.layout, corruptions=args.corruptions,
+               severities=args.severities, dataset=args.dataset, seed=args.seed, img_size=args.img_size,
+               batch_size=args.batch_size, device=args.device)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+if __name__ == '__main__':
+    main()
