@@ -42,9 +42,19 @@ def _squared_distances(points: torch.Tensor, points_sq: torch.Tensor, centres: t
 
 
 def _nearest_centre(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Index of each point's nearest centre, B x C; ``|x|^2`` is the same for every centre, so it is dropped."""
-    centres_sq = centres.pow(2).sum(-1).unsqueeze(1)
-    return torch.baddbmm(centres_sq, points, centres.transpose(1, 2), alpha=-2).argmin(-1)
+    """Index of each point's nearest centre, B x C.
+
+    ``|x|^2`` is the same for every centre, so it is dropped. Scores are laid out K x C and the K
+    comparisons unrolled: an argmin over a short strided axis is many times slower on CPU.
+    """
+    centres_sq = centres.pow(2).sum(-1).unsqueeze(-1)
+    scores = torch.baddbmm(centres_sq, centres, points.transpose(1, 2), alpha=-2)
+    best, nearest = scores[:, 0], torch.zeros_like(scores[:, 0], dtype=torch.long)
+    for k in range(1, scores.shape[1]):
+        closer = scores[:, k] < best
+        best = torch.where(closer, scores[:, k], best)
+        nearest = nearest.masked_fill(closer, k)
+    return nearest
 
 
 def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups: int, generator) -> torch.Tensor:
@@ -70,13 +80,13 @@ def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups:
 def _snap_to_channels(points: torch.Tensor, points_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Replace each centre by its nearest channel, greedily in centre order so the K channels stay distinct."""
     batch, num_channels, _ = points.shape
-    # |c|^2 is the same for every channel, so it is dropped from the distances
-    dist = torch.baddbmm(points_sq.unsqueeze(2), points, centres.transpose(1, 2), alpha=-2)
+    # |c|^2 is the same for every channel, so it is dropped; K x C layout keeps each row contiguous
+    dist = torch.baddbmm(points_sq.unsqueeze(1), centres, points.transpose(1, 2), alpha=-2)
     taken = torch.zeros(batch, num_channels, dtype=torch.bool, device=points.device)
     rows = torch.arange(batch, device=points.device)
     picks = []
     for k in range(centres.shape[1]):
-        pick = dist[:, :, k].masked_fill(taken, float('inf')).argmin(1)
+        pick = dist[:, k].masked_fill(taken, float('inf')).argmin(1)
         taken[rows, pick] = True
         picks.append(pick)
     return torch.stack(picks, dim=1)

@@ -20,7 +20,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 from timm.models.regnet import RegNet
 from timm.models.resnet import ResNet
 
-__all__ = ['ModelSplit', 'supported_families']
+__all__ = ['ModelSplit', 'stage_modules', 'supported_families']
 
 _LAYER_NAME = re.compile(r'layer(\d+)$')
 _TOKEN_POOLS = ('token', 'map', '')
@@ -60,6 +60,12 @@ def _find_family(model: nn.Module) -> Optional[_Family]:
     return None
 
 
+def stage_modules(model: nn.Module) -> Sequence[nn.Module]:
+    """The stages of a supported family, in order; empty for other models."""
+    family = _find_family(model)
+    return list(family.stages(model)) if family is not None else []
+
+
 def _run(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> torch.Tensor:
     for name in names:
         x = getattr(model, name)(x)
@@ -90,6 +96,8 @@ class ModelSplit:
         self.prefix_tokens = 0
         self.layout = 'NCHW'
         self._family = _find_family(model)
+        # resolved once, so that the compiled feature extractor traces a plain list of modules
+        self._stages = stage_modules(model)
         name = type(model).__name__
         if stage == -1:
             self._init_head_boundary(model)
@@ -98,7 +106,7 @@ class ModelSplit:
             raise ValueError(
                 f'TENET stage {stage} is not available for {name}: only stage=-1 (the forward_features/forward_head '
                 f'boundary) works for it; intermediate stages are supported for {", ".join(supported_families())}.')
-        num_stages = len(self._family.stages(model))
+        num_stages = len(self._stages)
         if not 1 <= stage <= num_stages:
             raise ValueError(f'TENET stage {stage} is out of range for {name}: use 1..{num_stages}, or -1.')
 
@@ -114,22 +122,19 @@ class ModelSplit:
             self.layout = 'NLC'
             self.prefix_tokens = model.num_prefix_tokens
 
-    def stages(self) -> Sequence[nn.Module]:
-        return self._family.stages(self.model) if self._family is not None else ()
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``F``: input -> inhibited feature map ``A`` (in the model's own layout)."""
         if self.stage == -1:
             return self.model.forward_features(x)
         x = _run(self.model, self._family.stem, x)
-        for stage in self.stages()[:self.stage]:
+        for stage in self._stages[:self.stage]:
             x = stage(x)
         return x
 
     def rest(self, a: torch.Tensor) -> torch.Tensor:
         """``D``: feature map ``A`` -> logits."""
         if self.stage != -1:
-            for stage in self.stages()[self.stage:]:
+            for stage in self._stages[self.stage:]:
                 a = stage(a)
             a = _run(self.model, self._family.neck, a)
         return self.model.forward_head(a)

@@ -1,0 +1,95 @@
+"""train.py's command line: timm's flag names and dests, -c YAML defaults, TENET resolution."""
+import pytest
+import timm
+import yaml
+
+import timm_tenet  # noqa: F401  registers the _tenet models
+from timm_tenet.train_args import ConfigError, args_to_yaml, build_train_parser, load_config_defaults, \
+    parse_train_args
+from timm_tenet.training import TrainingError, resolve_tenet_config
+
+
+def _write(tmp_path, text, name='cfg.yaml'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_timm_flag_names_map_to_timm_dests():
+    args, _ = parse_train_args([
+        '--data-dir', '/d', '--dataset', 'torch/cifar10', '--model', 'resnet18', '-b', '64', '--lr', '0.2',
+        '--weight-decay', '1e-4', '--sched', 'step', '--epochs', '7', '--warmup-epochs', '1', '--amp',
+        '--amp-dtype', 'bfloat16', '--model-ema', '--grad-accum-steps', '2', '--clip-grad', '1.0', '--mixup', '0.2',
+        '--aug-splits', '3', '--jsd-loss', '--input-size', '3', '32', '32', '--mean', '0.5', '0.5', '0.5',
+        '--torchcompile', '-j', '2', '--experiment', 'e', '--seed', '3'])
+    assert (args.data_dir, args.dataset, args.batch_size, args.lr, args.weight_decay) == \
+        ('/d', 'torch/cifar10', 64, 0.2, 1e-4)
+    assert (args.sched, args.epochs, args.warmup_epochs, args.amp_dtype, args.grad_accum_steps) == \
+        ('step', 7, 1, 'bfloat16', 2)
+    assert args.amp and args.model_ema and args.jsd_loss and args.aug_splits == 3 and args.mixup == 0.2
+    assert args.input_size == [3, 32, 32] and args.mean == [0.5, 0.5, 0.5]
+    assert args.torchcompile == 'inductor' and args.workers == 2 and args.seed == 3
+
+
+def test_config_file_sets_defaults_and_command_line_overrides(tmp_path):
+    path = _write(tmp_path, 'model: test_resnet\nbatch_size: 16\nlr: 1e-3\ntenet_groups: 4\nscale: [0.5, 1.0]\n')
+    args, text = parse_train_args(['-c', path, '--batch-size', '8'])
+    assert args.model == 'test_resnet' and args.batch_size == 8
+    assert args.lr == pytest.approx(1e-3) and isinstance(args.lr, float)  # YAML 1.1 reads 1e-3 as a string
+    assert args.tenet_groups == 4 and args.scale == [0.5, 1.0]
+    assert yaml.safe_load(text)['batch_size'] == 8
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+    path = _write(tmp_path, 'model: resnet18\nbatch-size: 16\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'batch-size' .*did you mean 'batch_size'"):
+        parse_train_args(['-c', path])
+    path = _write(tmp_path, 'tenet_grups: 4\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'tenet_grups'.*'tenet_groups'"):
+        load_config_defaults(build_train_parser(), path)
+
+
+def test_config_that_is_not_a_mapping_or_not_yaml_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match='must hold a mapping'):
+        parse_train_args(['-c', _write(tmp_path, '- a\n- b\n')])
+    with pytest.raises(ConfigError, match='not valid YAML') as info:
+        parse_train_args(['-c', _write(tmp_path, 'model: [unclosed\n')])
+    assert '\n' not in str(info.value)
+    with pytest.raises(ConfigError, match='cannot read config file'):
+        parse_train_args(['-c', str(tmp_path / 'missing.yaml')])
+
+
+def test_written_args_yaml_loads_back_as_a_config(tmp_path):
+    args, _ = parse_train_args(['--model', 'test_resnet', '--tenet', '--tenet-period', '2'])
+    path = _write(tmp_path, args_to_yaml(args), 'args.yaml')
+    again, _ = parse_train_args(['-c', path])
+    assert vars(again) == {**vars(args), 'config': path}
+
+
+def test_tenet_defaults_on_for_tenet_models_off_for_plain_ones():
+    args, _ = parse_train_args(['--model', 'cifar_resnet18_tenet'])
+    model = timm.create_model(args.model, num_classes=10)
+    cfg = resolve_tenet_config(args, model)
+    assert args.tenet is True and cfg == model.tenet_cfg
+    assert (args.tenet_groups, args.tenet_stage, args.tenet_warmup_steps, args.tenet_period) == (6, 3, 500, 3)
+
+    args, _ = parse_train_args(['--model', 'cifar_resnet18'])
+    assert resolve_tenet_config(args, timm.create_model(args.model)) is None and args.tenet is False
+
+    args, _ = parse_train_args(['--model', 'cifar_resnet18_tenet', '--no-tenet'])
+    assert resolve_tenet_config(args, timm.create_model(args.model)) is None
+
+
+def test_tenet_flags_override_the_model_settings():
+    args, _ = parse_train_args(['--model', 'test_resnet', '--tenet', '--tenet-groups', '4', '--tenet-stage', '-1',
+                                '--tenet-weight', '0.3', '--tenet-orth-weight', '0', '--tenet-warmup-steps', '7',
+                                '--tenet-period', '2', '--tenet-kmeans-iters', '3'])
+    cfg = resolve_tenet_config(args, timm.create_model('test_resnet'))
+    assert (cfg.num_groups, cfg.stage, cfg.weight, cfg.orth_weight, cfg.warmup_steps, cfg.period,
+            cfg.kmeans_iters) == (4, -1, 0.3, 0.0, 7, 2, 3)
+
+
+def test_invalid_tenet_setting_is_a_training_error():
+    args, _ = parse_train_args(['--model', 'test_resnet', '--tenet', '--tenet-period', '0'])
+    with pytest.raises(TrainingError, match='period'):
+        resolve_tenet_config(args, timm.create_model('test_resnet'))

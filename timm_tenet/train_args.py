@@ -1,0 +1,461 @@
+"""Command line of ``train.py``: timm's training flags (same names, dests and defaults) plus TENET's,
+and ``-c/--config`` YAML files that set defaults and name any key they do not know."""
+import argparse
+import difflib
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from timm.utils import ParseKwargs
+
+__all__ = [
+    'ConfigError', 'args_to_dict', 'args_to_yaml', 'build_train_parser', 'config_dests', 'load_config_defaults',
+    'parse_args_with_config', 'parse_train_args',
+]
+
+
+class ConfigError(ValueError):
+    """A ``-c/--config`` file that cannot be used (unreadable, not a mapping, or an unknown key)."""
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Dataset parameters')
+    group.add_argument('data', nargs='?', metavar='DIR', const=None,
+                       help='path to dataset (positional is *deprecated*, use --data-dir)')
+    group.add_argument('--data-dir', metavar='DIR',
+                       help='path to dataset (root dir)')
+    group.add_argument('--dataset', metavar='NAME', default='',
+                       help='dataset type + name ("<type>/<name>"): "" or "folder/" = ImageFolder, "torch/cifar10", '
+                            '"hfds/<name>", ..., or "sklearn/digits" (scikit-learn digits written once as an image '
+                            'folder under $TIMM_TENET_CACHE, default ~/.cache/timm_tenet)')
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help='dataset train split (default: train)')
+    group.add_argument('--val-split', metavar='NAME', default='validation',
+                       help='dataset validation split (default: validation)')
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in train split, for IterableDatasets.')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in validation split, for IterableDatasets.')
+    group.add_argument('--dataset-download', action='store_true', default=False,
+                       help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
+    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                       help='path to class to idx mapping file (default: "")')
+    group.add_argument('--input-img-mode', default=None, type=str,
+                       help='Dataset image conversion mode for input images.')
+    group.add_argument('--input-key', default=None, type=str,
+                       help='Dataset key for input images.')
+    group.add_argument('--target-key', default=None, type=str,
+                       help='Dataset key for target labels.')
+    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
+                       help='Allow huggingface dataset import to execute code downloaded from the dataset\'s repo.')
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Model parameters')
+    group.add_argument('--model', default='resnet50', type=str, metavar='MODEL',
+                       help='Name of model to train (default: "resnet50"); "<arch>_tenet" models train with TENET')
+    group.add_argument('--pretrained', action='store_true', default=False,
+                       help='Start with pretrained version of specified network (if avail)')
+    group.add_argument('--pretrained-path', default=None, type=str,
+                       help='Load this checkpoint as if it were the pretrained weights (with adaptation).')
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='Load this checkpoint into model after initialization (default: none)')
+    group.add_argument('--resume', default='', type=str, metavar='PATH',
+                       help='Resume full model and optimizer state from checkpoint (default: none)')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='prevent resume of optimizer state when resuming model')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of label classes (Model default if None)')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL',
+                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='Image size (default: None => model default)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='Image input channels (default: None => 3)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
+                            'empty')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='Input image center crop percent (for validation only)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='Override mean pixel value of dataset')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='Override std deviation of dataset')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='Image resize interpolation type (overrides model)')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
+                       help='Input batch size for training (default: 128)')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='Validation batch size override (default: None)')
+    group.add_argument('--channels-last', action='store_true', default=False,
+                       help='Use channels_last memory layout')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                       help='The number of steps to accumulate gradients (default: 1)')
+    group.add_argument('--grad-checkpointing', action='store_true', default=False,
+                       help='Enable gradient checkpointing through model blocks/stages')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--head-init-scale', default=None, type=float,
+                       help='Head initialization scale')
+    group.add_argument('--head-init-bias', default=None, type=float,
+                       help='Head initialization bias value')
+    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                       help='Enable compilation w/ specified backend (default: inductor). With TENET the feature '
+                            'extractor F and the eval model are compiled (D needs an input gradient).')
+    group.add_argument('--torchcompile-mode', type=str, default=None,
+                       help='torch.compile mode (default: None).')
+
+
+def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Optimizer parameters')
+    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER',
+                       help='Optimizer (default: "sgd")')
+    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON',
+                       help='Optimizer Epsilon (default: None, use opt default)')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA',
+                       help='Optimizer Betas (default: None, use opt default)')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M',
+                       help='Optimizer momentum (default: 0.9)')
+    group.add_argument('--weight-decay', type=float, default=2e-5,
+                       help='weight decay (default: 2e-5)')
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM',
+                       help='Clip gradient norm (default: None, no clipping)')
+    group.add_argument('--clip-mode', type=str, default='norm',
+                       help='Gradient clipping mode. One of ("norm", "value", "agc")')
+    group.add_argument('--layer-decay', type=float, default=None,
+                       help='layer-wise learning rate decay (default: None)')
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+
+
+def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Learning rate schedule parameters')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
+                       help='LR scheduler (default: "cosine")')
+    group.add_argument('--sched-on-updates', action='store_true', default=False,
+                       help='Apply LR scheduler step on update instead of epoch end.')
+    group.add_argument('--lr', type=float, default=None, metavar='LR',
+                       help='learning rate, overrides lr-base if set (default: None)')
+    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
+                       help='base learning rate: lr = lr_base * global_batch_size / base_size')
+    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV',
+                       help='base learning rate batch size (divisor, default: 256).')
+    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE',
+                       help='base learning rate vs batch_size scaling ("linear", "sqrt", based on opt if empty)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct',
+                       help='learning rate noise on/off epoch percentages')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT',
+                       help='learning rate noise limit percent (default: 0.67)')
+    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV',
+                       help='learning rate noise std-dev (default: 1.0)')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT',
+                       help='learning rate cycle len multiplier (default: 1.0)')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT',
+                       help='amount to decay each learning rate cycle (default: 0.5)')
+    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N',
+                       help='learning rate cycle limit, cycles enabled if > 1')
+    group.add_argument('--lr-k-decay', type=float, default=1.0,
+                       help='learning rate k-decay for cosine/poly (default: 1.0)')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR',
+                       help='warmup learning rate (default: 1e-5)')
+    group.add_argument('--min-lr', type=float, default=0, metavar='LR',
+                       help='lower lr bound for cyclic schedulers that hit 0 (default: 0)')
+    group.add_argument('--epochs', type=int, default=300, metavar='N',
+                       help='number of epochs to train (default: 300)')
+    group.add_argument('--epoch-repeats', type=float, default=0., metavar='N',
+                       help='epoch repeat multiplier (number of times to repeat dataset epoch per train epoch).')
+    group.add_argument('--start-epoch', default=None, type=int, metavar='N',
+                       help='manual epoch number (useful on restarts)')
+    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES',
+                       help='list of decay epoch indices for multistep lr. must be increasing')
+    group.add_argument('--decay-epochs', type=float, default=90, metavar='N',
+                       help='epoch interval to decay LR')
+    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N',
+                       help='epochs to warmup LR, if scheduler supports')
+    group.add_argument('--warmup-prefix', action='store_true', default=False,
+                       help='Exclude warmup period from decay schedule.')
+    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N',
+                       help='epochs to cooldown LR at min_lr, after cyclic schedule ends')
+    group.add_argument('--patience-epochs', type=int, default=10, metavar='N',
+                       help='patience epochs for Plateau LR scheduler (default: 10)')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE',
+                       help='LR decay rate (default: 0.1)')
+
+
+def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Augmentation and regularization parameters')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='Disable all training augmentation, override other train aug args')
+    group.add_argument('--train-crop-mode', type=str, default=None,
+                       help='Crop-mode in train ("rrc", "rkrc", "rkrr")')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT',
+                       help='Random resize scale (default: 0.08 1.0)')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO',
+                       help='Random resize aspect ratio (default: 0.75 1.33)')
+    group.add_argument('--hflip', type=float, default=0.5,
+                       help='Horizontal flip training aug probability')
+    group.add_argument('--vflip', type=float, default=0.,
+                       help='Vertical flip training aug probability')
+    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT',
+                       help='Color jitter factor (default: 0.4)')
+    group.add_argument('--color-jitter-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying any color jitter.')
+    group.add_argument('--grayscale-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying random grayscale conversion.')
+    group.add_argument('--gaussian-blur-prob', type=float, default=None, metavar='PCT',
+                       help='Probability of applying gaussian blur.')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME',
+                       help='Use AutoAugment policy. "v0", "original", "rand-m9-mstd0.5", "augmix-m3-w3", ... '
+                            '(default: None)')
+    group.add_argument('--aug-repeats', type=float, default=0,
+                       help='Number of augmentation repetitions (distributed training only) (default: 0)')
+    group.add_argument('--aug-splits', type=int, default=0,
+                       help='Number of augmentation splits (default: 0, valid: 0 or >=2)')
+    group.add_argument('--jsd-loss', action='store_true', default=False,
+                       help='Enable Jensen-Shannon Divergence + CE loss. Use with `--aug-splits`.')
+    group.add_argument('--bce-loss', action='store_true', default=False,
+                       help='Enable BCE loss w/ Mixup/CutMix use.')
+    group.add_argument('--bce-sum', action='store_true', default=False,
+                       help='Sum over classes when using BCE loss.')
+    group.add_argument('--bce-target-thresh', type=float, default=None,
+                       help='Threshold for binarizing softened BCE targets (default: None, disabled).')
+    group.add_argument('--bce-pos-weight', type=float, default=None,
+                       help='Positive weighting for BCE loss.')
+    group.add_argument('--reprob', type=float, default=0., metavar='PCT',
+                       help='Random erase prob (default: 0.)')
+    group.add_argument('--remode', type=str, default='pixel',
+                       help='Random erase mode (default: "pixel")')
+    group.add_argument('--recount', type=int, default=1,
+                       help='Random erase count (default: 1)')
+    group.add_argument('--resplit', action='store_true', default=False,
+                       help='Do not random erase first (clean) augmentation split')
+    group.add_argument('--mixup', type=float, default=0.0,
+                       help='mixup alpha, mixup enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix', type=float, default=0.0,
+                       help='cutmix alpha, cutmix enabled if > 0. (default: 0.)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None,
+                       help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+    group.add_argument('--mixup-prob', type=float, default=1.0,
+                       help='Probability of performing mixup or cutmix when either/both is enabled')
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                       help='Probability of switching to cutmix when both mixup and cutmix enabled')
+    group.add_argument('--mixup-mode', type=str, default='batch',
+                       help='How to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N',
+                       help='Turn off mixup after this epoch, disabled if 0 (default: 0)')
+    group.add_argument('--smoothing', type=float, default=0.1,
+                       help='Label smoothing (default: 0.1)')
+    group.add_argument('--train-interpolation', type=str, default='random',
+                       help='Training interpolation (random, bilinear, bicubic default: "random")')
+    group.add_argument('--drop', type=float, default=0.0, metavar='PCT',
+                       help='Dropout rate (default: 0.)')
+    group.add_argument('--drop-connect', type=float, default=None, metavar='PCT',
+                       help='Drop connect rate, DEPRECATED, use drop-path (default: None)')
+    group.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                       help='Drop path rate (default: None)')
+    group.add_argument('--drop-block', type=float, default=None, metavar='PCT',
+                       help='Drop block rate (default: None)')
+
+
+def _add_batchnorm_ema_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Batch norm parameters')
+    group.add_argument('--bn-momentum', type=float, default=None,
+                       help='BatchNorm momentum override (if not None)')
+    group.add_argument('--bn-eps', type=float, default=None,
+                       help='BatchNorm epsilon override (if not None)')
+    group.add_argument('--sync-bn', action='store_true',
+                       help='Enable synchronized BatchNorm (torch.nn.SyncBatchNorm, CUDA only).')
+    group.add_argument('--dist-bn', type=str, default='reduce',
+                       help='Distribute BatchNorm stats between nodes after each epoch ("broadcast", "reduce", or "")')
+
+    group = parser.add_argument_group('Model exponential moving average parameters')
+    group.add_argument('--model-ema', action='store_true', default=False,
+                       help='Enable tracking moving average of model weights.')
+    group.add_argument('--model-ema-force-cpu', action='store_true', default=False,
+                       help='Force ema to be tracked on CPU, rank=0 node only. Disables EMA validation.')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998,
+                       help='Decay factor for model weights moving average (default: 0.9998)')
+    group.add_argument('--model-ema-warmup', action='store_true',
+                       help='Enable warmup for model EMA decay.')
+
+
+def _add_misc_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--seed', type=int, default=42, metavar='S',
+                       help='random seed (default: 42)')
+    group.add_argument('--worker-seeding', type=str, default='all',
+                       help='worker seed mode (default: all)')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+                       help='how many batches to wait before logging training status')
+    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                       help='how many batches to wait before writing recovery checkpoint')
+    group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N',
+                       help='number of checkpoints to keep (default: 10)')
+    group.add_argument('-j', '--workers', type=int, default=4, metavar='N',
+                       help='how many training processes to use (default: 4)')
+    group.add_argument('--amp', action='store_true', default=False,
+                       help='use Native AMP for mixed precision training')
+    group.add_argument('--amp-dtype', default='float16', type=str,
+                       help='lower precision AMP dtype (default: float16)')
+    group.add_argument('--no-ddp-bb', action='store_true', default=False,
+                       help='Force broadcast buffers for native DDP to off.')
+    group.add_argument('--synchronize-step', action='store_true', default=False,
+                       help='torch.cuda.synchronize() end of each step')
+    group.add_argument('--pin-mem', action='store_true', default=False,
+                       help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+    group.add_argument('--no-prefetcher', action='store_true', default=False,
+                       help='disable fast prefetcher (the prefetcher is only used on CUDA)')
+    group.add_argument('--output', default='', type=str, metavar='PATH',
+                       help='path to output folder (default: none, current dir)')
+    group.add_argument('--experiment', default='', type=str, metavar='NAME',
+                       help='name of train experiment, name of sub-folder for output')
+    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
+                       help='Best metric (default: "top1"')
+    group.add_argument('--use-multi-epochs-loader', action='store_true', default=False,
+                       help='use the multi-epochs-loader to save time at the beginning of every epoch')
+    group.add_argument('--device', default=None, type=str,
+                       help='Device (accelerator) to use (default: "cuda" when available, else "cpu").')
+    group.add_argument('--dist-backend', default=None, type=str,
+                       help='torch.distributed backend (default: nccl on CUDA, gloo on CPU).')
+    group.add_argument('--dist-url', default=None, type=str,
+                       help='url used to set up distributed training (default: env://).')
+    group.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                       help='Progress bar (default: when stderr is a terminal; otherwise log every --log-interval).')
+
+
+def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        'TENET parameters', 'Unset values come from the model\'s tenet_cfg ("<arch>_tenet" models) or the '
+                            'reference defaults (6 groups, stage 3, weight 0.1, orth 1e-3, warm-up 500, period 3).')
+    group.add_argument('--tenet', action=argparse.BooleanOptionalAction, default=None,
+                       help='Train with TENET (default: on for "<arch>_tenet" models, off otherwise).')
+    group.add_argument('--tenet-groups', type=int, default=None, metavar='N',
+                       help='Channel groups per sample (N_G).')
+    group.add_argument('--tenet-stage', type=int, default=None, metavar='N',
+                       help='1-based stage whose output is inhibited; -1 = forward_features/forward_head boundary.')
+    group.add_argument('--tenet-weight', type=float, default=None,
+                       help='Weight of the cross-entropy on inhibited features.')
+    group.add_argument('--tenet-orth-weight', type=float, default=None,
+                       help='Weight of the orthogonality loss between group maps.')
+    group.add_argument('--tenet-warmup-steps', type=int, default=None, metavar='N',
+                       help='Training steps before the first TENET step.')
+    group.add_argument('--tenet-period', type=int, default=None, metavar='N',
+                       help='A TENET step runs every N-th training step after warm-up.')
+    group.add_argument('--tenet-kmeans-iters', type=int, default=None, metavar='N',
+                       help='k-means iterations of the channel grouping.')
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET group."""
+    parser = argparse.ArgumentParser(description='TENET training for timm models')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help='YAML config file specifying default arguments (the command line overrides them)')
+    _add_data_args(parser)
+    _add_model_args(parser)
+    _add_optimizer_args(parser)
+    _add_schedule_args(parser)
+    _add_augmentation_args(parser)
+    _add_batchnorm_ema_args(parser)
+    _add_misc_args(parser)
+    _add_tenet_args(parser)
+    return parser
+
+
+def config_dests(parser: argparse.ArgumentParser) -> List[str]:
+    """The keys a config file may set: every dest of ``parser`` (``config`` itself is read and ignored)."""
+    return [a.dest for a in parser._actions if a.dest not in (argparse.SUPPRESS, 'help')]
+
+
+def load_config_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """Read a YAML file of ``{argparse dest: value}`` and make its values the parser's defaults.
+
+    Values are then overridden by anything given on the command line, as with timm's ``-c``. Unlike
+    timm, every key must be a dest of ``parser``: an unknown key is a :class:`ConfigError` that names
+    it (and the closest known dest), so a misspelt key cannot silently leave a default in place.
+
+    Args:
+        parser: The parser whose defaults are set.
+        path: YAML file; empty files set nothing.
+
+    Returns:
+        The mapping read from the file.
+
+    Examples:
+
+        ```python
+        parser = build_train_parser()
+        load_config_defaults(parser, 'hparams/digits_resnet18_tenet.yaml')
+        args = parser.parse_args(['--epochs', '2'])
+        ```
+    """
+    try:
+        with open(path, 'r') as f:
+            config = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        mark = getattr(e, 'problem_mark', None)
+        where = f' (line {mark.line + 1})' if mark is not None else ''
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of argument names to values, "
+                          f'got {type(config).__name__}')
+    dests = config_dests(parser)
+    for key in config:
+        if key not in dests:
+            suggestion = str(key).replace('-', '_').lstrip('_')
+            close = [suggestion] if suggestion in dests else difflib.get_close_matches(str(key), dests, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ConfigError(f"unknown key '{key}' in config file '{path}'{hint} "
+                              f'(keys are argument dests, e.g. batch_size for --batch-size)')
+    config.pop('config', None)  # an args.yaml written by train.py names the file it came from
+    parser.set_defaults(**config)
+    return config
+
+
+def parse_args_with_config(
+        parser: argparse.ArgumentParser,
+        argv: Optional[Sequence[str]] = None,
+) -> Tuple[argparse.Namespace, str]:
+    """Two-stage parse as timm's scripts: ``-c FILE`` sets defaults, the rest of ``argv`` overrides them.
+
+    Returns:
+        The parsed namespace and its YAML text (for ``args.yaml``).
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='', type=str)
+    config_args, _ = config_parser.parse_known_args(argv)
+    if config_args.config:
+        load_config_defaults(parser, config_args.config)
+    args = parser.parse_args(argv)
+    return args, args_to_yaml(args)
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
+    """Parse ``train.py``'s command line (``argv`` defaults to ``sys.argv[1:]``)."""
+    return parse_args_with_config(build_train_parser(), argv)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def args_to_dict(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``args`` (only ``keys`` when given) as plain YAML/``weights_only``-safe values: tuples become
+    lists, other objects strings."""
+    values = vars(args)
+    return {k: _plain(values[k]) for k in (keys if keys is not None else values) if k in values}
+
+
+def args_to_yaml(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> str:
+    """YAML text of :func:`args_to_dict`, loadable again with ``-c``."""
+    return yaml.safe_dump(args_to_dict(args, keys), default_flow_style=False)

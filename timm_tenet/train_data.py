@@ -1,0 +1,244 @@
+"""Training and validation datasets for ``train.py``: timm's ``create_dataset`` with checks that turn
+silent data problems (missing folder, empty class folder, mismatched splits, undecodable images)
+into clear messages, and the scikit-learn digits default."""
+import logging
+import os
+import re
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.utils.data as data
+from PIL import Image
+from timm.data import create_dataset
+from timm.data.dataset import ImageDataset
+
+from .digits import DIGITS_DATASET, prepare_digits
+
+__all__ = [
+    'DataError', 'SkippingImageDataset', 'SplitSubset', 'concat_splits_collate', 'count_skipped',
+    'create_train_eval_datasets', 'parse_split',
+]
+
+_logger = logging.getLogger(__name__)
+
+_MAX_CONSECUTIVE_FAILURES = 10
+_SLICE = re.compile(r'^(?P<name>[^\[\]]+)\[(?P<start>-?\d*%?):(?P<stop>-?\d*%?)\]$')
+_HOLDOUT_SEED = 0
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be trained on as given; the message says what to fix."""
+
+
+class SkippingImageDataset(ImageDataset):
+    """timm's ``ImageDataset`` that skips and counts images that fail to decode.
+
+    An image that cannot be opened or decoded is logged with its path and replaced by the next
+    decodable one, and ``num_skipped`` counts such failures over the dataset's life, across
+    DataLoader worker processes (a shared-memory counter). Ten consecutive failures stop with the
+    paths, since then the data, not an odd file, is broken.
+
+    Args:
+        reader: A timm reader (``dataset.reader`` of a folder dataset).
+        **kwargs: ``ImageDataset`` arguments (``input_img_mode``, ``transform``, ...).
+    """
+
+    def __init__(self, reader: Any, **kwargs: Any):
+        super().__init__(root=None, reader=reader, **kwargs)
+        self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def num_skipped(self) -> int:
+        return int(self._skipped.item())
+
+    def _path(self, index: int) -> str:
+        try:
+            return self.reader.filename(index, absolute=True)
+        except Exception:  # readers without file names
+            return f'sample {index}'
+
+    def __getitem__(self, index: int):
+        failed: List[str] = []
+        for _ in range(min(_MAX_CONSECUTIVE_FAILURES, len(self.reader))):
+            try:
+                img, target, *features = self.reader[index]
+                img = Image.open(img)
+                if self.input_img_mode:
+                    img = img.convert(self.input_img_mode)  # decodes the pixels
+                else:
+                    img.load()
+                break
+            except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+                path = self._path(index)
+                self._skipped += 1
+                failed.append(path)
+                _logger.warning(f'Skipped image that failed to decode: {path} ({type(e).__name__}: {e})')
+                index = (index + 1) % len(self.reader)
+        else:
+            raise DataError(f'{len(failed)} consecutive images failed to decode, the data looks broken: '
+                            f'{", ".join(failed)}')
+        if self.transform is not None:
+            img = self.transform(img)
+        target = -1 if target is None else target
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+
+class SplitSubset(data.Dataset):
+    """A fixed slice of a shuffled map-style dataset: ``train[:45000]`` / ``train[45000:]`` hold out a
+    validation set from a training split (CIFAR, CUB and ImageNet have no labelled split other than
+    the test / official validation set, which must not select checkpoints).
+
+    The order is one permutation seeded with a constant, so ``name[:k]`` and ``name[k:]`` are disjoint
+    and every run holds out the same images, whatever ``--seed``. ``transform`` is the wrapped
+    dataset's, so timm's loaders and ``AugMixDataset`` set it as usual.
+    """
+
+    def __init__(self, dataset: data.Dataset, start: Optional[int], stop: Optional[int]):
+        self.dataset = dataset
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
+        self.indices = order[start:stop].tolist()
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.dataset.transform = value
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def parse_split(split: str, length: Optional[int] = None) -> Tuple[str, Optional[Tuple[Optional[int], Optional[int]]]]:
+    """``'train[:45000]'`` -> ``('train', (None, 45000))``; bounds may be negative or percentages of
+    ``length`` (``'train[90%:]'``). A split without brackets has no slice."""
+    match = _SLICE.match(split)
+    if match is None:
+        return split, None
+
+    def bound(text: str) -> Optional[int]:
+        if not text:
+            return None
+        if text.endswith('%'):
+            if length is None:
+                raise DataError(f"percentage split '{split}' needs the dataset length")
+            return int(round(float(text[:-1]) / 100. * length))
+        return int(text)
+
+    return match.group('name'), (bound(match.group('start')), bound(match.group('stop')))
+
+
+def concat_splits_collate(batch):
+    """Collate ``((x_0, ..., x_{n-1}), y)`` samples of timm's ``AugMixDataset`` without the prefetcher:
+    the splits are concatenated along the batch (split ``i`` in rows ``i*B:(i+1)*B``), as timm's
+    ``fast_collate`` orders them, and the targets repeated, so ``JsdCrossEntropy`` and TENET see
+    one tensor."""
+    num_splits = len(batch[0][0])
+    inputs = torch.cat([torch.stack([b[0][i] for b in batch]) for i in range(num_splits)])
+    target = torch.as_tensor([b[1] for b in batch], dtype=torch.int64).repeat(num_splits)
+    return inputs, target
+
+
+_NON_FOLDER_PREFIXES = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')
+
+
+def _is_folder_dataset(name: str) -> bool:
+    """Whether timm's ``create_dataset`` reads ``name`` from ``--data-dir`` as a folder (or tar) of images."""
+    return not name.lower().startswith(_NON_FOLDER_PREFIXES)
+
+
+def _check_classes(dataset: ImageDataset, split: str, checked_class_map: bool) -> None:
+    reader = dataset.reader
+    root = getattr(reader, 'root', None)
+    samples = getattr(reader, 'samples', None)
+    if root is None or samples is None:
+        return
+    if not samples:
+        raise DataError(f"no images found for split '{split}' in '{root}' (expected <class>/<image> files)")
+    if checked_class_map:
+        return  # folders outside a given class map are ignored on purpose
+    used = {os.path.relpath(path, root).split(os.sep)[0] for path, _ in samples}
+    empty = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and d not in used)
+    if empty:
+        raise DataError(f"class folder(s) with no images in '{root}': {', '.join(empty)} "
+                        f'(an empty class would silently shift every later class index; add images or remove them)')
+
+
+def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
+    """Train and validation datasets from ``train.py`` arguments (timm's ``create_dataset`` semantics).
+
+    ``--dataset sklearn/digits`` writes the digits image folder once (under ``--data-dir`` if given,
+    else the cache directory) and sets ``args.data_dir`` to it. Folder datasets are checked: the
+    folder exists, every class folder holds images, train and validation have the same classes;
+    their undecodable images are skipped and counted (:class:`SkippingImageDataset`).
+
+    Raises:
+        DataError: with a message that names the folder or classes at fault.
+    """
+    name = args.dataset or ''
+    if name.lower() == DIGITS_DATASET:
+        args.data_dir = str(prepare_digits(args.data_dir or None))
+        name = ''
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    folder = _is_folder_dataset(name)
+    if folder:
+        if not args.data_dir:
+            raise DataError('no data folder given: pass --data-dir DIR (an image folder with train/ and validation/ '
+                            'class folders) or --dataset sklearn/digits')
+        if not os.path.exists(args.data_dir):
+            raise DataError(f"data folder not found: '{args.data_dir}' (--data-dir)")
+    common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
+                  batch_size=args.batch_size, seed=args.seed, input_img_mode=args.input_img_mode or 'RGB',
+                  input_key=args.input_key, target_key=args.target_key,
+                  trust_remote_code=args.dataset_trust_remote_code)
+    sliceable = folder or name.lower().startswith('torch/')
+    datasets = []
+    for split, training, num_samples in ((args.train_split, True, args.train_num_samples),
+                                         (args.val_split, False, args.val_num_samples)):
+        match = _SLICE.match(split) if sliceable else None
+        base_split = match.group('name') if match else split
+        try:
+            dataset = create_dataset(name, split=base_split, is_training=training, num_samples=num_samples,
+                                     repeats=args.epoch_repeats if training else 0, **common)
+        except (FileNotFoundError, RuntimeError, AssertionError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot create the '{split}' split of dataset '{name or 'folder'}' from "
+                            f"'{args.data_dir}': {detail}") from None
+        if folder and type(dataset) is ImageDataset:
+            _check_classes(dataset, split, bool(args.class_map))
+            dataset = SkippingImageDataset(dataset.reader, input_img_mode=dataset.input_img_mode)
+        if match is not None:
+            _, bounds = parse_split(split, len(dataset))
+            dataset = SplitSubset(dataset, *bounds)
+            if len(dataset) == 0:
+                raise DataError(f"split '{split}' selects no images of the {len(dataset.dataset)} in '{base_split}'")
+        datasets.append(dataset)
+    train, evaluation = datasets
+    train_classes = getattr(getattr(_unwrap(train), 'reader', None), 'class_to_idx', None)
+    eval_classes = getattr(getattr(_unwrap(evaluation), 'reader', None), 'class_to_idx', None)
+    if folder and train_classes is not None and eval_classes is not None and train_classes != eval_classes:
+        only_train = sorted(set(train_classes) - set(eval_classes))
+        only_eval = sorted(set(eval_classes) - set(train_classes))
+        raise DataError(f"train and validation class folders differ in '{args.data_dir}': only in "
+                        f"'{args.train_split}': {only_train or '-'}, only in '{args.val_split}': {only_eval or '-'}")
+    return train, evaluation
+
+
+def _unwrap(dataset: data.Dataset) -> data.Dataset:
+    while isinstance(dataset, SplitSubset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def count_skipped(dataset: Optional[data.Dataset]) -> int:
+    """Images skipped so far by a (possibly wrapped) :class:`SkippingImageDataset`, else 0."""
+    while dataset is not None and not isinstance(dataset, SkippingImageDataset):
+        dataset = getattr(dataset, 'dataset', None)
+    return dataset.num_skipped if dataset is not None else 0

@@ -1,0 +1,473 @@
+"""``train.py``'s run: timm's training recipe (model, data, optimizer, schedule, AMP, EMA, DDP,
+checkpoints, summary) wired to a ``TenetTask`` or, for the baseline, timm's ``ClassificationTask``."""
+import argparse
+import logging
+import os
+import sys
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
+from timm.layers import convert_sync_batchnorm
+from timm.models import safe_model_name
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import ClassificationTask, evaluation_sample_limit
+from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, \
+    trim_summary, update_summary
+
+from .checkpoint import AtomicCheckpointSaver, CheckpointError, atomic_write_text, load_checkpoint_file, \
+    load_model_weights, restore_training_state
+from .config import TenetConfig
+from .engine import Perturb, train_one_epoch, validate
+from .task import TenetTask
+from .tenet_models import create_tenet_model, get_tenet_config
+from .train_args import args_to_dict, args_to_yaml, build_train_parser, config_dests
+from .train_data import DataError, concat_splits_collate, count_skipped, create_train_eval_datasets
+
+__all__ = ['TENET_ARGS', 'TrainResult', 'TrainingError', 'create_task', 'resolve_tenet_config', 'run_training']
+
+_logger = logging.getLogger('train')
+
+# train.py flag dest -> TenetConfig field
+TENET_ARGS = dict(
+    tenet_groups='num_groups',
+    tenet_stage='stage',
+    tenet_weight='weight',
+    tenet_orth_weight='orth_weight',
+    tenet_warmup_steps='warmup_steps',
+    tenet_period='period',
+    tenet_kmeans_iters='kmeans_iters',
+)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on as configured; the message says why."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+    output_dir: Optional[str]
+    best_metric: Optional[float]
+    best_epoch: Optional[int]
+    eval_metrics: Dict[str, float] = field(default_factory=dict)
+    train_metrics: Dict[str, Optional[float]] = field(default_factory=dict)
+    epochs: int = 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional[TenetConfig]:
+    """The TENET settings of this run, or None for plain training.
+
+    ``--tenet`` defaults to on for ``<arch>_tenet`` models and off otherwise. The settings start from
+    the model's ``tenet_cfg`` (else the reference defaults) and every ``--tenet-*`` flag given
+    overrides its field. ``args`` is updated with the values chosen, so ``args.yaml`` records them.
+    """
+    if args.tenet is None:
+        args.tenet = get_tenet_config(model) is not None or args.model.split('.')[0].endswith('_tenet')
+    if not args.tenet:
+        return None
+    base = get_tenet_config(model) or TenetConfig()
+    try:
+        cfg = base.replace(**{field_: getattr(args, dest) for dest, field_ in TENET_ARGS.items()})
+    except ValueError as e:
+        raise TrainingError(f'invalid TENET setting: {e}') from None
+    for dest, field_ in TENET_ARGS.items():
+        setattr(args, dest, getattr(cfg, field_))
+    return cfg
+
+
+def _criterion_kwargs(args: argparse.Namespace, num_aug_splits: int, mixup_active: bool) -> Dict[str, Any]:
+    """``create_classification_loss`` arguments for timm's loss flags."""
+    bce = dict(loss_type='bce', bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
+               pos_weight=args.bce_pos_weight)
+    if args.jsd_loss:
+        if num_aug_splits < 2:
+            raise TrainingError('--jsd-loss needs --aug-splits >= 2 (e.g. --aug-splits 3 --aa augmix-m3-w3)')
+        return dict(loss_type='jsd', jsd_splits=num_aug_splits, smoothing=args.smoothing)
+    if mixup_active:
+        return dict(bce, soft_targets=True) if args.bce_loss else dict(soft_targets=True)
+    if args.bce_loss:
+        return dict(bce, smoothing=args.smoothing)
+    return dict(smoothing=args.smoothing) if args.smoothing else {}
+
+
+def create_task(
+        args: argparse.Namespace,
+        model: nn.Module,
+        tenet_cfg: Optional[TenetConfig],
+        device: torch.device,
+        num_aug_splits: int = 0,
+        mixup_active: bool = False,
+) -> ClassificationTask:
+    """``TenetTask`` when ``tenet_cfg`` is given, else timm's ``ClassificationTask`` (the baseline), both
+    with the criterion timm's flags select (label smoothing, mixup soft targets, BCE, JSD)."""
+    criterion_kwargs = _criterion_kwargs(args, num_aug_splits, mixup_active)
+    verbose = is_primary(args) if hasattr(args, 'rank') else True
+    if tenet_cfg is None:
+        return ClassificationTask(model, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
+    try:
+        return TenetTask(model, tenet_cfg, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
+    except ValueError as e:
+        raise TrainingError(f'cannot train {args.model} with TENET: {_first_line(e)}') from None
+
+
+def _resolve_amp(args: argparse.Namespace, device: torch.device) -> Tuple[Callable[[], ContextManager], Any]:
+    if not args.amp:
+        return nullcontext, None
+    dtypes = dict(float16=torch.float16, bfloat16=torch.bfloat16)
+    if args.amp_dtype not in dtypes:
+        raise TrainingError(f"--amp-dtype must be one of {sorted(dtypes)}, got '{args.amp_dtype}'")
+    amp_dtype = dtypes[args.amp_dtype]
+    scaler = NativeScaler(device=device.type) if device.type == 'cuda' and amp_dtype == torch.float16 else None
+    return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
+
+
+def _create_model(args: argparse.Namespace) -> nn.Module:
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
+    pretrained = args.pretrained or bool(args.pretrained_path)
+    kwargs = dict(
+        pretrained=pretrained,
+        in_chans=in_chans,
+        num_classes=args.num_classes,
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path if args.drop_path is not None else args.drop_connect,
+        drop_block_rate=args.drop_block,
+        global_pool=args.gp,
+        bn_momentum=args.bn_momentum,
+        bn_eps=args.bn_eps,
+        **args.model_kwargs,
+    )
+    if args.pretrained_path:
+        if not os.path.isfile(args.pretrained_path):
+            raise TrainingError(f"--pretrained-path file not found: '{args.pretrained_path}'")
+        kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
+    try:
+        model = create_tenet_model(args.model, **kwargs)
+    except (RuntimeError, ValueError, OSError, TypeError) as e:
+        what = ' with pretrained weights' if pretrained else ''
+        hint = ' (no network here: use --pretrained-path FILE)' if pretrained and not args.pretrained_path else ''
+        raise TrainingError(f"cannot create model '{args.model}'{what}: {_first_line(e)}{hint}") from None
+    if args.initial_checkpoint:
+        load_model_weights(model, args.initial_checkpoint)
+    if args.head_init_scale is not None:
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(args.head_init_scale)
+            model.get_classifier().bias.mul_(args.head_init_scale)
+    if args.head_init_bias is not None:
+        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
+    if args.num_classes is None:
+        args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    return model
+
+
+def _resolve_lr(args: argparse.Namespace) -> None:
+    if args.lr:
+        return
+    global_batch_size = args.batch_size * args.world_size * args.grad_accum_steps
+    batch_ratio = global_batch_size / args.lr_base_size
+    if not args.lr_base_scale:
+        args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
+    if args.lr_base_scale == 'sqrt':
+        batch_ratio = batch_ratio ** 0.5
+    args.lr = args.lr_base * batch_ratio
+    if is_primary(args):
+        _logger.info(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) and effective '
+                     f'global batch size ({global_batch_size}) with {args.lr_base_scale} scaling.')
+
+
+def _create_loaders(args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args):
+    collate_fn = None
+    mixup_fn = None
+    if mixup_args is not None:
+        if num_aug_splits > 1:
+            raise TrainingError('mixup/cutmix cannot be combined with --aug-splits')
+        if args.prefetcher:
+            collate_fn = FastCollateMixup(**mixup_args)
+        else:
+            mixup_fn = Mixup(**mixup_args)
+    if num_aug_splits > 1:
+        dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
+        if not args.prefetcher:
+            collate_fn = concat_splits_collate
+    train_interpolation = args.train_interpolation
+    if args.no_aug or not train_interpolation:
+        train_interpolation = data_config['interpolation']
+    loader_train = create_loader(
+        dataset_train,
+        input_size=data_config['input_size'],
+        batch_size=args.batch_size,
+        is_training=True,
+        no_aug=args.no_aug,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+        re_split=args.resplit,
+        train_crop_mode=args.train_crop_mode,
+        scale=args.scale,
+        ratio=args.ratio,
+        hflip=args.hflip,
+        vflip=args.vflip,
+        color_jitter=args.color_jitter,
+        color_jitter_prob=args.color_jitter_prob,
+        grayscale_prob=args.grayscale_prob or 0.,
+        gaussian_blur_prob=args.gaussian_blur_prob or 0.,
+        auto_augment=args.aa,
+        num_aug_repeats=int(args.aug_repeats),
+        num_aug_splits=num_aug_splits,
+        interpolation=train_interpolation,
+        mean=data_config['mean'],
+        std=data_config['std'],
+        num_workers=args.workers,
+        distributed=args.distributed,
+        collate_fn=collate_fn,
+        pin_memory=args.pin_mem and device.type == 'cuda',
+        device=device,
+        use_prefetcher=args.prefetcher,
+        use_multi_epochs_loader=args.use_multi_epochs_loader,
+        worker_seeding=args.worker_seeding,
+    )
+    loader_eval = create_loader(
+        dataset_eval,
+        input_size=data_config['input_size'],
+        batch_size=args.validation_batch_size or args.batch_size,
+        is_training=False,
+        interpolation=data_config['interpolation'],
+        mean=data_config['mean'],
+        std=data_config['std'],
+        num_workers=args.workers,
+        distributed=args.distributed,
+        crop_pct=data_config['crop_pct'],
+        pin_memory=args.pin_mem and device.type == 'cuda',
+        device=device,
+        use_prefetcher=args.prefetcher,
+    )
+    if len(loader_train) == 0:
+        raise DataError(f'the training split has {len(dataset_train)} images per process, fewer than one batch of '
+                        f'{args.batch_size}: lower --batch-size')
+    return loader_train, loader_eval, mixup_fn
+
+
+def _setup_output(args: argparse.Namespace, data_config: Dict[str, Any], stack: ExitStack) -> str:
+    """The experiment folder, with ``train.log`` receiving every log record until the run ends."""
+    exp_name = args.experiment or '-'.join([
+        datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
+    output_dir = get_outdir(args.output if args.output else './output/train', exp_name)
+    handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
+    handler.setFormatter(logging.Formatter('%(asctime)s %(name)s [%(levelname)s] %(message)s'))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    stack.callback(handler.close)
+    stack.callback(root.removeHandler, handler)
+    return output_dir
+
+
+def _tenet_summary(cfg: Optional[TenetConfig]) -> str:
+    if cfg is None:
+        return 'TENET: off (plain training, the baseline)'
+    return 'TENET: on (' + ', '.join(f'{k}={v}' for k, v in cfg.to_dict().items()) + ')'
+
+
+def run_training(
+        args: argparse.Namespace,
+        perturb: Optional[Perturb] = None,
+) -> TrainResult:
+    """Train as ``train.py`` does with parsed ``args`` (see ``timm_tenet.train_args``).
+
+    Args:
+        args: Parsed arguments; updated in place with resolved values (device, lr, TENET settings, ...).
+        perturb: Optional per-batch input hook passed to ``train_one_epoch``.
+
+    Returns:
+        Output folder, best metric and epoch, and the last epoch's metrics.
+
+    Raises:
+        TrainingError, DataError, CheckpointError, ConfigError: set-up problems, one-line messages.
+        FloatingPointError: the loss became non-finite (no checkpoint of that epoch is written).
+    """
+    with ExitStack() as stack:
+        return _run_training(args, perturb, stack)
+
+
+def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: ExitStack) -> TrainResult:
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    args.grad_accum_steps = max(1, args.grad_accum_steps)
+    try:
+        device = init_distributed_device(args)
+    except AssertionError as e:
+        raise TrainingError(f"device '{args.device}' is not available: {_first_line(e)}") from None
+    primary = is_primary(args)
+    args.prefetcher = not args.no_prefetcher and device.type == 'cuda'
+    if args.distributed and primary:
+        _logger.info(f'Training in distributed mode with {args.world_size} processes, device {device}.')
+    elif primary:
+        _logger.info(f'Training with a single process on 1 device ({device}).')
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    amp_autocast, loss_scaler = _resolve_amp(args, device)
+    random_seed(args.seed, args.rank)
+
+    model = _create_model(args)
+    tenet_cfg = resolve_tenet_config(args, model)
+    if primary:
+        _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
+                     f'{sum(p.numel() for p in model.parameters())}')
+        _logger.info(_tenet_summary(tenet_cfg))
+    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+
+    num_aug_splits = 0
+    if args.aug_splits > 0:
+        if args.aug_splits < 2:
+            raise TrainingError('--aug-splits must be 0 or >= 2')
+        num_aug_splits = args.aug_splits
+
+    model.to(device=device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        if device.type != 'cuda':
+            raise TrainingError('--sync-bn needs CUDA devices (torch SyncBatchNorm); on CPU use --dist-bn reduce')
+        args.dist_bn = ''
+        model = convert_sync_batchnorm(model)
+
+    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+    task = create_task(args, model, tenet_cfg, device, num_aug_splits, mixup_active)
+    _resolve_lr(args)
+    optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                       device=torch.device('cpu') if args.model_ema_force_cpu else None)
+
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint_file(args.resume)
+    dataset_train, dataset_eval = create_train_eval_datasets(args)
+    mixup_args = None
+    if mixup_active:
+        mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                          label_smoothing=args.smoothing, num_classes=args.num_classes)
+    loader_train, loader_eval, mixup_fn = _create_loaders(
+        args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args)
+
+    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric='loss' in args.eval_metric),
+        updates_per_epoch=updates_per_epoch)
+
+    resume_epoch = None
+    if checkpoint is not None:
+        resume_epoch = restore_training_state(
+            task, checkpoint, args.resume,
+            optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler,
+            lr_scheduler=None if args.no_resume_opt else lr_scheduler)
+        if primary:
+            _logger.info(f"Resumed from '{args.resume}' (epoch {checkpoint.get('epoch')}, TENET step "
+                         f"{getattr(task, 'step', '-')})")
+    start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
+    if lr_scheduler is not None and start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if args.distributed:
+        ddp_kwargs = dict(broadcast_buffers=False) if args.no_ddp_bb else {}
+        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None, **ddp_kwargs)
+
+    output_dir = saver = None
+    eval_metric = args.eval_metric
+    summary_path = None
+    if primary:
+        output_dir = _setup_output(args, data_config, stack)
+        dests = config_dests(build_train_parser())
+        atomic_write_text(args_to_yaml(args, dests), os.path.join(output_dir, 'args.yaml'))
+        saver = AtomicCheckpointSaver(
+            task, optimizer, args=args_to_dict(args), amp_scaler=loss_scaler, lr_scheduler=lr_scheduler,
+            checkpoint_dir=output_dir, decreasing='loss' in eval_metric, max_history=args.checkpoint_hist)
+        same_dir = args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
+        if same_dir and isinstance(checkpoint, dict) and checkpoint.get('saver'):
+            saver.load_state_dict(checkpoint['saver'])
+        summary_path = os.path.join(output_dir, 'summary.csv')
+        trim_summary(summary_path, start_epoch)
+        _logger.info(f'Output folder: {output_dir}')
+        _logger.info(f'Scheduled epochs: {num_epochs} ({updates_per_epoch} updates per epoch), starting at '
+                     f'epoch {start_epoch}.')
+    checkpoint = None  # free the resumed tensors
+
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    result = TrainResult(output_dir=output_dir, best_metric=None, best_epoch=None)
+    recovery_fn = saver.save_recovery if saver is not None and args.recovery_interval else None
+    for epoch in range(start_epoch, num_epochs):
+        if hasattr(loader_train, 'sampler') and hasattr(loader_train.sampler, 'set_epoch'):
+            loader_train.sampler.set_epoch(epoch)
+        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            if args.prefetcher and getattr(loader_train, 'mixup_enabled', False):
+                loader_train.mixup_enabled = False
+            elif mixup_fn is not None:
+                mixup_fn.mixup_enabled = False
+        skipped_before = count_skipped(dataset_train)
+        train_metrics = train_one_epoch(
+            epoch, task, loader_train, optimizer,
+            device=device, lr_scheduler=lr_scheduler, loss_scaler=loss_scaler, amp_autocast=amp_autocast,
+            mixup_fn=mixup_fn, perturb=perturb, grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad,
+            clip_mode=args.clip_mode, channels_last=args.channels_last, prefetcher=args.prefetcher,
+            distributed=args.distributed, world_size=args.world_size, log_interval=args.log_interval,
+            log=primary, progress=progress, num_epochs=num_epochs, recovery_fn=recovery_fn,
+            recovery_interval=args.recovery_interval, synchronize_step=args.synchronize_step)
+        skipped = count_skipped(dataset_train) - skipped_before
+        if skipped:
+            _logger.warning(f'Epoch {epoch}: skipped {skipped} training image(s) that failed to decode '
+                            f'(their paths are in the warnings above); each was replaced by the next image.')
+
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+        evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader_eval))
+        eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                           prefetcher=args.prefetcher, distributed=args.distributed, log=primary, progress=progress)
+        eval_metrics = validate(task.get_eval_model(), loader_eval, evaluator, **eval_kwargs)
+        if task.has_ema() and not args.model_ema_force_cpu:
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                distribute_bn(task.get_trainable_module(ema=True), args.world_size, args.dist_bn == 'reduce')
+            eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, evaluator, log_suffix=' (EMA)',
+                                    **eval_kwargs)
+        if eval_metric not in eval_metrics:
+            raise TrainingError(f"--eval-metric '{eval_metric}' is not one of {list(eval_metrics)}")
+        if lr_scheduler is not None:
+            lr_scheduler.step(epoch + 1, eval_metrics[eval_metric])
+
+        if primary:
+            lrs = [group['lr'] for group in optimizer.param_groups]
+            update_summary(epoch, train_metrics, eval_metrics, filename=summary_path, lr=sum(lrs) / len(lrs))
+            result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics[eval_metric])
+        result.train_metrics, result.eval_metrics, result.epochs = dict(train_metrics), dict(eval_metrics), epoch + 1
+
+    if saver is not None and saver.best_metric is not None:
+        result.best_metric, result.best_epoch = saver.best_metric, saver.best_epoch
+    if primary and result.best_metric is not None:
+        _logger.info(f'*** Best metric: {result.best_metric} (epoch {result.best_epoch})')
+    return result
+
+
+def training_errors() -> Tuple[type, ...]:
+    """Exceptions ``train.py`` reports as one-line errors (exit status 1) rather than tracebacks."""
+    from .train_args import ConfigError
+    return TrainingError, DataError, CheckpointError, ConfigError, FloatingPointError
