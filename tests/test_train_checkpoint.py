@@ -146,3 +146,20 @@ def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
     assert '\n' not in str(info.value)
     with pytest.raises(CheckpointError, match='not a training checkpoint'):
         restore_training_state(_task(), {'foo': 1}, 'x')
+
+
+def test_model_from_checkpoint_rebuilds_the_recorded_model_from_a_file_or_output_folder(tmp_path):
+    from timm_tenet.checkpoint import model_from_checkpoint
+    task = _task()
+    optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.1)
+    AtomicCheckpointSaver(task, optimizer, args={'model': 'test_resnet', 'num_classes': 3},
+                          checkpoint_dir=str(tmp_path)).save_checkpoint(epoch=0, metric=1.)
+    model = model_from_checkpoint(str(tmp_path))  # the folder: model_best.pth.tar
+    assert not model.training and model.num_classes == 3
+    for a, b in zip(model.state_dict().values(), task.get_eval_model().state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match='has no EMA weights'):
+        model_from_checkpoint(str(tmp_path / 'last.pth.tar'), use_ema=True)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(CheckpointError, match='no model_best.pth.tar or last.pth.tar'):
+        model_from_checkpoint(str(tmp_path / 'empty'))

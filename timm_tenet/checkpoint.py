@@ -23,7 +23,7 @@ from timm.utils import CheckpointSaver, unwrap_model
 
 __all__ = [
     'AtomicCheckpointSaver', 'CheckpointError', 'atomic_save', 'load_checkpoint_file', 'load_model_weights',
-    'load_state_dict_checked', 'restore_training_state',
+    'load_state_dict_checked', 'model_from_checkpoint', 'restore_training_state',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -111,8 +111,9 @@ def load_checkpoint_file(path: str) -> Any:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch file (unreadable pickle)") from None
     except (EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt ({_one_line(e)})") from None
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch file ({_one_line(e)})") from None
+    except Exception as e:  # torch.load of arbitrary bytes also raises RuntimeError, KeyError, ValueError, ...
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch file "
+                              f'({type(e).__name__}: {_one_line(e)})') from None
 
 
 def _summarise_mismatch(model: nn.Module, state_dict: Dict[str, Any]) -> Optional[str]:
@@ -145,13 +146,70 @@ def _extract_state_dict(checkpoint: Any, path: str, use_ema: bool = False) -> Di
             return clean_state_dict(checkpoint[key])
     if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return clean_state_dict(checkpoint)
-    raise CheckpointError(f"'{path}' holds no model weights (top-level keys: {', '.join(map(str, list(checkpoint)[:8]))})")
+    keys = ', '.join(map(str, list(checkpoint)[:8]))
+    raise CheckpointError(f"'{path}' holds no model weights (top-level keys: {keys})")
 
 
 def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> None:
     """Load weights into ``model`` from a training checkpoint, a bare state dict or a ``.safetensors`` file
     (``--initial-checkpoint``), ``weights_only``, with one-line errors."""
     load_state_dict_checked(model, _extract_state_dict(load_checkpoint_file(path), path, use_ema), path)
+
+
+def _resolve_checkpoint(path: str) -> str:
+    if os.path.isdir(path):
+        for name in ('model_best.pth.tar', 'last.pth.tar'):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CheckpointError(f"no model_best.pth.tar or last.pth.tar in folder '{path}'")
+    return path
+
+
+def model_from_checkpoint(path: str, use_ema: bool = False, **kwargs: Any) -> nn.Module:
+    """The model a ``train.py`` checkpoint holds, in eval mode: created from the architecture, class count,
+    input channels and model kwargs it records, then loaded (``weights_only``, strict).
+
+    Args:
+        path: A checkpoint file, or a ``train.py`` output folder (its ``model_best.pth.tar``, else ``last.pth.tar``).
+        use_ema: Load the EMA weights (an error if the checkpoint has none).
+        **kwargs: Extra ``create_model`` arguments.
+
+    Raises:
+        CheckpointError: one line for a missing, corrupt, foreign or mismatched checkpoint.
+    """
+    from .tenet_models import create_tenet_model
+    path = _resolve_checkpoint(path)
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"'{path}' is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+    if use_ema and not any(isinstance(checkpoint.get(k), dict) for k in ('state_dict_ema', 'model_ema')):
+        raise CheckpointError(f"'{path}' has no EMA weights (state_dict_ema); train with --model-ema")
+    args = checkpoint.get('args')
+    args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
+    name = args.get('model') or checkpoint.get('arch')
+    if not isinstance(name, str):
+        raise CheckpointError(f"'{path}' does not record its model architecture (no args.model or arch)")
+    input_size = args.get('input_size')
+    create_kwargs = dict(num_classes=args.get('num_classes'),
+                         in_chans=args.get('in_chans') or (input_size[0] if input_size else None),
+                         **(args.get('model_kwargs') or {}))
+    create_kwargs.update(kwargs)
+    state_dict = _extract_state_dict(checkpoint, path, use_ema)
+
+    def create(**extra):
+        try:
+            return create_tenet_model(name, **{k: v for k, v in {**create_kwargs, **extra}.items() if v is not None})
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot create model '{name}' recorded in '{path}': {_one_line(e)}") from None
+
+    model = create()
+    if create_kwargs.get('num_classes') is None:  # no recorded class count: read it off the classifier weights
+        classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or 'fc'
+        weight = state_dict.get(f'{classifier}.weight')
+        if weight is not None and weight.shape[0] != getattr(model, 'num_classes', weight.shape[0]):
+            model = create(num_classes=weight.shape[0])
+    load_state_dict_checked(model, state_dict, path)
+    return model.eval()
 
 
 def restore_training_state(
@@ -276,3 +334,5 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if not self.can_hardlink:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
+        if os.path.exists(tmp):  # rename() between two links of one file does nothing
+            os.remove(tmp)

@@ -48,7 +48,8 @@ def _report(result: TrainResult, seconds: float) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from timm.utils import setup_default_logging
-    setup_default_logging()
+    if not logging.root.handlers:
+        setup_default_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--output', default='output/demo', help='output folder (default: output/demo)')
     args, extra = parser.parse_known_args(argv)

@@ -148,8 +148,8 @@ def train_one_epoch(
     bar = None
     if progress and log:
         from tqdm import tqdm
-        total = f'/{num_epochs - 1}' if num_epochs else ''
-        bar = tqdm(total=num_batches, desc=f'Train {epoch}{total}', unit='batch', dynamic_ncols=True, leave=True)
+        total = f'/{num_epochs}' if num_epochs else ''
+        bar = tqdm(total=num_batches, desc=f'Epoch {epoch + 1}{total}', unit='batch', dynamic_ncols=True, leave=True)
 
     task.train()
     optimizer.zero_grad()
