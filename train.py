@@ -4,9 +4,12 @@
 Takes timm's ``train.py`` command line (``-c hparams/<recipe>.yaml`` for a recipe) plus ``--tenet``/
 ``--no-tenet`` and ``--tenet-*``; ``<arch>_tenet`` models train with TENET by default, so the same
 command with ``--no-tenet`` trains the baseline. Distributed: ``torchrun --nproc_per_node=N train.py ...``.
+``--adv-train fgsm|pgd|free`` trains on adversarial examples (with TENET or without), and
+``--push-to-hub NAMESPACE/NAME`` uploads the best checkpoint when training ends (checked before it starts).
 
     python train.py -c hparams/digits_resnet18_tenet.yaml
     python train.py --data-dir /data/imagenet --model resnet50_tenet --amp --model-ema -b 256
+    python train.py -c hparams/cifar10_resnext29_adv_free_tenet.yaml --data-dir data/cifar10
 """
 import logging
 import sys

@@ -116,6 +116,15 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, content, message):
     assert '\n' not in str(info.value) and str(path) in str(info.value)
 
 
+def test_text_file_named_like_a_checkpoint_is_a_one_line_error_not_a_key_error(tmp_path):
+    path = tmp_path / 'notes.pth.tar'
+    path.write_text('hello world\nthese are notes, not weights\n')  # torch.load raises KeyError on these bytes
+    for load in (load_checkpoint_file, lambda p: load_model_weights(timm.create_model('test_resnet'), p)):
+        with pytest.raises(CheckpointError, match='is corrupt or not a PyTorch file') as info:
+            load(str(path))
+        assert '\n' not in str(info.value) and str(path) in str(info.value)
+
+
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     task = _task()
     path = tmp_path / 'c.pth.tar'

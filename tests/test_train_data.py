@@ -96,8 +96,11 @@ def test_concat_splits_collate_orders_splits_like_timm():
 
 def test_digits_folder_is_written_once_with_a_fixed_split(tmp_path):
     root = prepare_digits(tmp_path / 'digits')
-    counts = {split: sum(len(files) for _, _, files in os.walk(root / split)) for split in ('train', 'validation')}
-    assert counts == {'train': 1438, 'validation': 359}
+    splits = ('train', 'validation', 'test')
+    counts = {split: sum(len(files) for _, _, files in os.walk(root / split)) for split in splits}
+    assert counts == {'train': 1259, 'validation': 269, 'test': 269}
+    names = [{name for _, _, files in os.walk(root / split) for name in files} for split in splits]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])  # disjoint
     assert sorted(os.listdir(root / 'train')) == [str(c) for c in range(10)]
     with Image.open(next((root / 'validation' / '3').iterdir())) as img:
         assert img.size == (32, 32) and img.mode == 'RGB'
@@ -106,4 +109,4 @@ def test_digits_folder_is_written_once_with_a_fixed_split(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p != 'digits']  # no temporary folder left
 
     args, (train, val) = _datasets('--dataset', 'sklearn/digits', '--data-dir', str(root))
-    assert (len(train), len(val)) == (1438, 359) and args.data_dir == str(root)
+    assert (len(train), len(val)) == (1259, 269) and args.data_dir == str(root)

@@ -42,7 +42,7 @@ def test_recipes_are_present():
     names = {p.stem for p in RECIPES}
     assert {'digits_resnet18_tenet', 'digits_resnet18', 'cifar10_resnext29_augmix_tenet',
             'cifar100_resnext29_augmix_tenet', 'imagenet_resnet50_tenet', 'imagenet_resnet50_augmix_tenet',
-            'cub200_resnet50_tenet'} <= names
+            'cub200_resnet50_tenet', 'cifar10_resnext29_adv_free_tenet'} <= names
 
 
 @pytest.mark.parametrize('recipe', RECIPES, ids=lambda p: p.stem)
@@ -66,11 +66,14 @@ def test_recipe_runs_one_step_on_synthetic_data(recipe, data_dir, imagenet_weigh
     assert len(rows) == 1 and np.isfinite(float(rows[0]['train_loss']))
     saved = yaml.safe_load((Path(result.output_dir) / 'args.yaml').read_text())
     assert saved['model'] == config['model'] and saved['opt'] == config['opt'] and saved['lr'] == config['lr']
+    assert saved['adv_train'] == config.get('adv_train') and saved['adv_eps'] == config.get('adv_eps')
     checkpoint = torch.load(Path(result.output_dir) / 'last.pth.tar', map_location='cpu', weights_only=True)
     tenet = config['model'].endswith('_tenet')
     assert saved['tenet'] is tenet
+    # one batch, trained adv_replays times under free adversarial training
+    forwards = config['adv_replays'] if config.get('adv_train') == 'free' else 1
     if tenet:
-        assert float(rows[0]['train_loss_inhibited']) >= 0 and checkpoint['task_state']['tenet_step'] == 1
+        assert float(rows[0]['train_loss_inhibited']) >= 0 and checkpoint['task_state']['tenet_step'] == forwards
     else:
         assert 'train_loss_inhibited' not in rows[0]
     assert checkpoint['state_dict']['fc.weight'].shape[0] == config['num_classes']

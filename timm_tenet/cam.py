@@ -13,7 +13,6 @@ import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

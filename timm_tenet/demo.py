@@ -1,12 +1,18 @@
-"""The embedded default (``make demo``): TENET training of the CIFAR ResNet-18 on scikit-learn's digits.
+"""The embedded default (``make demo``): TENET training of the CIFAR ResNet-18 on scikit-learn's digits,
+then its robustness on the held-out test split.
 
-    python -m timm_tenet.demo [--output DIR] [train.py flags ...]
+    python -m timm_tenet.demo [--output DIR] [--no-robustness] [--severities S ...] [--attack-samples N]
+                              [train.py flags ...]
 
 Runs ``train.py -c hparams/digits_resnet18_tenet.yaml`` into ``DIR/digits_resnet18_tenet`` and reports
-the validation accuracy; further flags go to the training command line (e.g. ``--epochs 1``).
+the validation accuracy; further flags go to the training command line (e.g. ``--epochs 1``). Then
+``validate.py`` evaluates the best checkpoint on the test split: clean, every on-the-fly corruption at
+severities 1, 3 and 5, and FGSM / PGD-10 at eps 8/255, into ``robustness.json`` beside the checkpoints.
 """
 import argparse
+import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +43,32 @@ def train_default(output: Path, extra_args: Sequence[str] = ()) -> TrainResult:
     return run_training(args)
 
 
+def evaluate_robustness(run_dir: Path, severities: Sequence[int] = (1, 3, 5), attack_samples: Optional[int] = None) -> Path:
+    """Run ``validate.py`` on the run's best checkpoint over the digits test split; returns the results file."""
+    results_file = run_dir / 'robustness.json'
+    command = [
+        sys.executable, str(find_recipe().parent.parent / 'validate.py'), '--checkpoint', str(run_dir),
+        '--dataset', 'sklearn/digits', '--split', 'test', '-j', '0', '--corrupt', 'all',
+        '--severities', *map(str, severities), '--attack', 'fgsm', 'pgd', '--eps', '8/255',
+        *(['--attack-samples', str(attack_samples)] if attack_samples else []),
+        '--results-file', str(results_file), '--results-format', 'json',
+    ]
+    if subprocess.run(command).returncode != 0:
+        raise RuntimeError(f"robustness evaluation failed: {' '.join(command)}")
+    return results_file
+
+
+def _robustness_report(results_file: Path) -> List[str]:
+    results = json.loads(results_file.read_text())
+    corruption_error = sum(r['top1_err'] for r in results['corruptions']) / len(results['corruptions'])
+    attacks = ', '.join(f"{r['attack'].upper()} {r['eps_text']} {r['top1_err']:.2f}%" for r in results['attacks'])
+    return [
+        f"test error: clean {results['clean']['top1_err']:.2f}%, mean corruption error {corruption_error:.2f}% "
+        f'({len(results["corruptions"])} corruption/severity pairs), under attack: {attacks}',
+        f'robustness results: {results_file}',
+    ]
+
+
 def _report(result: TrainResult, seconds: float) -> List[str]:
     top1 = result.eval_metrics.get('top1')
     return [
@@ -52,6 +84,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup_default_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--output', default='output/demo', help='output folder (default: output/demo)')
+    parser.add_argument('--no-robustness', dest='robustness', action='store_false',
+                        help='train only, skip the robustness evaluation')
+    parser.add_argument('--severities', type=int, nargs='+', default=[1, 3, 5],
+                        help='corruption severities evaluated (default: 1 3 5)')
+    parser.add_argument('--attack-samples', type=int, default=None,
+                        help='attack only the first N test images (default: all)')
     args, extra = parser.parse_known_args(argv)
     output = Path(args.output)
     lines: Dict[str, List[str]] = {}
@@ -62,6 +100,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _logger.error(f'error: {e}')
         return 1
     lines['train'] = _report(result, time.time() - start)
+    if args.robustness:
+        try:
+            results_file = evaluate_robustness(Path(result.output_dir), args.severities, args.attack_samples)
+            lines['robustness'] = _robustness_report(results_file)
+        except RuntimeError as e:
+            _logger.error(f'error: {e}')
+            return 1
     print('\n'.join(line for section in lines.values() for line in section))
     return 0
 

@@ -8,7 +8,6 @@ device, all (corruption, severity) pairs of a batch are evaluated while it is lo
 its noise from its own seeded generator, so results do not depend on which other pairs are selected.
 """
 import argparse
-import glob
 import logging
 import math
 import os
@@ -20,12 +19,13 @@ from typing import Any, Callable, ContextManager, Dict, Hashable, Iterable, List
 import torch
 import torch.nn as nn
 from timm.data import create_dataset
-from timm.models import clean_state_dict
 from tqdm import tqdm
 
+from ._errors import first_line
 from .attacks import ATTACKS, NormalizedModel, create_attack, parse_eps, robust_accuracy
 from .c_datasets import SEVERITIES, CifarCDataset, ImageNetCDataset, find_corruptions
-from .checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked
+from .checkpoint import checkpoint_args, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
+    resolve_checkpoint_path
 from .corruptions import ALEXNET_ERRORS, CORRUPTIONS, corrupt, mce, relative_mce
 from .digits import DIGITS_DATASET, prepare_digits
 from .tenet_models import create_tenet_model
@@ -42,19 +42,12 @@ _logger = logging.getLogger(__name__)
 
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 _NON_FOLDER_PREFIXES = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')
-_EMA_KEYS = ('state_dict_ema', 'model_ema')
-_MODEL_KEYS = ('state_dict', 'model', 'module')
 # display order: ImageNet-C's noise, blur, weather, digital groups, then the extra corruptions
 _ORDER = {name: i for i, name in enumerate(list(ALEXNET_ERRORS) + [c for c in CORRUPTIONS if c not in ALEXNET_ERRORS])}
 
 
 class EvaluationError(ValueError):
     """An evaluation that cannot run as asked; the one-line message says what to change."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _order(names: Iterable[str]) -> List[str]:
@@ -138,75 +131,23 @@ def format_eps(eps: float) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints, models, data
 
-def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint file, or for a folder its ``model_best.pth.tar``, else ``last.pth.tar``, else the newest
-    ``*.pth.tar``."""
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint not found: '{path}'")
-    for name in ('model_best.pth.tar', 'last.pth.tar'):
-        if os.path.isfile(os.path.join(path, name)):
-            return os.path.join(path, name)
-    candidates = glob.glob(os.path.join(path, '*.pth.tar'))
-    if not candidates:
-        raise CheckpointError(f"no checkpoint in folder '{path}' (looked for model_best.pth.tar, last.pth.tar, "
-                              f"*.pth.tar)")
-    return max(candidates, key=os.path.getmtime)
-
-
-def checkpoint_args(checkpoint: Any) -> Dict[str, Any]:
-    """The training arguments a checkpoint records (``args``: a dict, or timm's ``argparse.Namespace``)."""
-    if not isinstance(checkpoint, dict):
-        return {}
-    args = checkpoint.get('args')
-    if isinstance(args, argparse.Namespace):
-        args = vars(args)
-    out = dict(args) if isinstance(args, Mapping) else {}
-    if 'model' not in out and isinstance(checkpoint.get('arch'), str):
-        out['model'] = checkpoint['arch']
-    return out
-
-
 def load_eval_checkpoint(path: str, use_ema: bool = False) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """Load a checkpoint (``weights_only``) for evaluation.
+    """Load a checkpoint (``weights_only``) for evaluation, through :mod:`timm_tenet.checkpoint`.
 
     Args:
-        path: File or ``train.py`` output folder (:func:`resolve_checkpoint_path`).
+        path: File or ``train.py`` output folder (:func:`~timm_tenet.checkpoint.resolve_checkpoint_path`).
         use_ema: Take ``state_dict_ema``; a checkpoint without EMA weights is an error, not a silent fallback.
 
     Returns:
-        The file used, its model state dict (``module.`` prefixes removed) and its recorded training arguments.
+        The file used, its model state dict (``module.`` prefixes removed) and its recorded training arguments
+        (:func:`~timm_tenet.checkpoint.checkpoint_args`).
 
     Raises:
         CheckpointError: one line for a missing, corrupt, truncated or foreign file.
     """
     path = resolve_checkpoint_path(path)
-    try:
-        checkpoint = load_checkpoint_file(path)
-    except CheckpointError:
-        raise
-    except Exception as e:  # torch.load of arbitrary bytes raises KeyError, ValueError, ...
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch file "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"'{path}' is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
-    if use_ema:
-        key = next((k for k in _EMA_KEYS if isinstance(checkpoint.get(k), dict)), None)
-        if key is None:
-            raise CheckpointError(f"'{path}' has no EMA weights (state_dict_ema); drop --use-ema or train with "
-                                  f"--model-ema")
-        state_dict = checkpoint[key]
-    else:
-        key = next((k for k in _MODEL_KEYS if isinstance(checkpoint.get(k), dict)), None)
-        if key is not None:
-            state_dict = checkpoint[key]
-        elif checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            state_dict = checkpoint
-        else:
-            shown = ', '.join(map(str, list(checkpoint)[:8])) or 'none'
-            raise CheckpointError(f"'{path}' holds no model weights (top-level keys: {shown})")
-    return path, clean_state_dict(state_dict), checkpoint_args(checkpoint)
+    checkpoint = load_checkpoint_file(path)
+    return path, extract_state_dict(checkpoint, path, use_ema), checkpoint_args(checkpoint)
 
 
 def fill_from_checkpoint_args(args: argparse.Namespace, recorded: Mapping[str, Any]) -> List[str]:
@@ -264,7 +205,7 @@ def create_eval_model(
     try:
         model = create_tenet_model(model_name, pretrained=pretrained, **kwargs)
     except (RuntimeError, ValueError, OSError, TypeError, ImportError) as e:
-        message = _first_line(e)
+        message = first_line(e)
         if message.startswith('Unknown model'):
             import difflib
             import timm
@@ -299,7 +240,7 @@ def create_eval_dataset(
         try:
             root = str(prepare_digits(root or None))
         except (RuntimeError, OSError) as e:
-            raise EvaluationError(f'cannot prepare {DIGITS_DATASET}: {_first_line(e)}') from None
+            raise EvaluationError(f'cannot prepare {DIGITS_DATASET}: {first_line(e)}') from None
         name = ''
     if not name.lower().startswith(_NON_FOLDER_PREFIXES):
         if not root:
@@ -311,7 +252,7 @@ def create_eval_dataset(
         dataset = create_dataset(name, root=root, split=split, is_training=False, **kwargs)
     except (FileNotFoundError, RuntimeError, AssertionError, ValueError, OSError) as e:
         raise EvaluationError(f"cannot create the '{split}' split of dataset '{name or 'folder'}' from "
-                              f"'{root}': {_first_line(e)}") from None
+                              f"'{root}': {first_line(e)}") from None
     if hasattr(dataset, '__len__') and len(dataset) == 0:
         raise EvaluationError(f"no images in the '{split}' split of '{root}' (expected <class>/<image> files)")
     return dataset
@@ -508,7 +449,7 @@ def plan_corruption_dir(
     try:
         found = find_corruptions(root)
     except FileNotFoundError as e:
-        raise EvaluationError(_first_line(e)) from None
+        raise EvaluationError(first_line(e)) from None
     detected = 'cifar-c' if os.path.isfile(os.path.join(root, 'labels.npy')) else 'imagenet-c'
     if fmt is not None and fmt != detected:
         why = 'holds labels.npy (a CIFAR-C set)' if detected == 'cifar-c' else 'has no labels.npy'
@@ -532,7 +473,7 @@ def plan_corruption_dir(
             try:  # memory-mapped: checks shape, dtype and the image / label counts without reading pixels
                 CifarCDataset(root, name, 1)
             except (ValueError, FileNotFoundError) as e:
-                raise EvaluationError(_first_line(e)) from None
+                raise EvaluationError(first_line(e)) from None
     return detected, [(name, severity) for name in names for severity in severities]
 
 
@@ -542,7 +483,7 @@ def _open_c_dataset(root: str, fmt: str, name: str, severity: int):
             return CifarCDataset(root, name, severity)
         return ImageNetCDataset(root, name, severity)
     except (ValueError, FileNotFoundError, OSError) as e:
-        raise EvaluationError(_first_line(e)) from None
+        raise EvaluationError(first_line(e)) from None
 
 
 def evaluate_corruption_dir(
@@ -729,9 +670,9 @@ def evaluate_attacks(
                 result = robust_accuracy(model, loader, attack, device=device, progress=progress is not False,
                                          desc=f'{name} eps {format_eps(radius)}')
             except ImportError as e:
-                raise EvaluationError(_first_line(e)) from None
+                raise EvaluationError(first_line(e)) from None
             except ValueError as e:  # a model in train mode, an empty loader
-                raise EvaluationError(f'{name}: {_first_line(e)}') from None
+                raise EvaluationError(f'{name}: {first_line(e)}') from None
             pgd = name == 'pgd'
             rows.append(OrderedDict(
                 attack=name, eps=round(radius, 8), eps_text=format_eps(radius),

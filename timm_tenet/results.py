@@ -2,17 +2,17 @@
 
 A result is one row (a dict of scalars), a list of rows, or a mapping of named sections, each a row
 or a list of rows (``{'clean': {...}, 'corruptions': [...], 'attacks': [...]}``). JSON keeps that
-structure; CSV flattens it to one row per line with a ``section`` column. Files are written to a
-temporary file beside the target, flushed to disk and renamed over it, so a reader never sees a
-half-written file and an interrupted run leaves the previous one intact.
+structure; CSV flattens it to one row per line with a ``section`` column. Files are written atomically
+(:func:`timm_tenet._io.atomic_write_text`), so a reader never sees a half-written file and an interrupted
+run leaves the previous one intact.
 """
 import csv
 import io
 import json
 import math
-import os
-import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ._io import atomic_write_text
 
 __all__ = ['RESULT_FORMATS', 'Result', 'atomic_write_text', 'flatten_results', 'format_table', 'write_results']
 
@@ -20,24 +20,6 @@ RESULT_FORMATS = ('csv', 'json')
 
 Row = Mapping[str, Any]
 Result = Union[Row, Sequence[Row], Mapping[str, Union[Row, Sequence[Row]]]]
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder, fsync and rename."""
-    path = os.path.abspath(path)
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-    try:
-        with open(tmp, 'x', newline='') as f:  # 'x': never clobber; permissions follow the umask
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _is_row(value: Any) -> bool:

@@ -343,8 +343,40 @@ def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
                        help='k-means iterations of the channel grouping.')
 
 
+def _add_adversarial_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        'Adversarial training parameters', 'L-inf, in [0, 1] pixel units whatever --mean/--std; combines with TENET. '
+                                           'fgsm/pgd train on examples made with the model in eval mode; free '
+                                           'trains every batch --adv-replays times with a persistent perturbation, '
+                                           'so an epoch makes that many times the updates (give --epochs divided '
+                                           'by the replays to keep the cost of natural training).')
+    group.add_argument('--adv-train', default=None, type=str, metavar='METHOD',
+                       help='Adversarial training: "fgsm", "pgd" or "free" (default: none).')
+    group.add_argument('--adv-eps', default=None, type=str, metavar='EPS',
+                       help='L-inf radius, a number or a fraction such as 8/255 (required with --adv-train).')
+    group.add_argument('--adv-steps', default=None, type=int, metavar='N',
+                       help='PGD steps (pgd only; default: 10).')
+    group.add_argument('--adv-step-size', default=None, type=str, metavar='STEP',
+                       help='PGD step (default: eps/4) or free perturbation step (default: eps), e.g. 2/255.')
+    group.add_argument('--adv-replays', default=None, type=int, metavar='N',
+                       help='Replays of each batch in free adversarial training (free only; default: 4).')
+
+
+def _add_hub_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        'Hugging Face Hub parameters', 'The repo id, offline mode and token are checked before training; the '
+                                       'best checkpoint (else the last) is pushed when training ends.')
+    group.add_argument('--push-to-hub', default=None, type=str, metavar='NAMESPACE/NAME',
+                       help='Push the trained weights, config and model card to this Hub model repository.')
+    group.add_argument('--push-private', action='store_true', default=False,
+                       help='Create the Hub repository as private.')
+    group.add_argument('--push-use-ema', action=argparse.BooleanOptionalAction, default=None,
+                       help='Push the EMA weights (default: on with --model-ema).')
+
+
 def build_train_parser() -> argparse.ArgumentParser:
-    """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET group."""
+    """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET, adversarial
+    training and Hub push groups."""
     parser = argparse.ArgumentParser(description='TENET training for timm models')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config file specifying default arguments (the command line overrides them)')
@@ -356,6 +388,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     _add_batchnorm_ema_args(parser)
     _add_misc_args(parser)
     _add_tenet_args(parser)
+    _add_adversarial_args(parser)
+    _add_hub_args(parser)
     return parser
 
 

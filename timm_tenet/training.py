@@ -21,6 +21,8 @@ from timm.task import ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, \
     trim_summary, update_summary
 
+from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training, format_eps
+from .attacks import parse_eps
 from .checkpoint import AtomicCheckpointSaver, CheckpointError, atomic_write_text, load_checkpoint_file, \
     load_model_weights, restore_training_state
 from .config import TenetConfig
@@ -30,7 +32,10 @@ from .tenet_models import create_tenet_model, get_tenet_config
 from .train_args import args_to_dict, args_to_yaml, build_train_parser, config_dests
 from .train_data import DataError, concat_splits_collate, count_skipped, create_train_eval_datasets
 
-__all__ = ['TENET_ARGS', 'TrainResult', 'TrainingError', 'create_task', 'resolve_tenet_config', 'run_training']
+__all__ = [
+    'TENET_ARGS', 'TrainResult', 'TrainingError', 'create_task', 'resolve_adversarial_config', 'resolve_push_settings',
+    'resolve_tenet_config', 'run_training',
+]
 
 _logger = logging.getLogger('train')
 
@@ -85,6 +90,85 @@ def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional
     for dest, field_ in TENET_ARGS.items():
         setattr(args, dest, getattr(cfg, field_))
     return cfg
+
+
+def resolve_adversarial_config(args: argparse.Namespace) -> Optional[AdversarialConfig]:
+    """The adversarial training settings of this run (``--adv-*``), or None without ``--adv-train``.
+
+    Every ``--adv-*`` flag must apply to the chosen method (no flag is parsed and ignored). ``args`` is
+    updated with the values used (PGD steps and step size, free step size and replays), so ``args.yaml``
+    records them; ``--adv-eps`` keeps the text given (``8/255``), which ``-c args.yaml`` reads again.
+    """
+    method = args.adv_train or None
+    given = {flag: getattr(args, dest) for flag, dest in (
+        ('--adv-eps', 'adv_eps'), ('--adv-steps', 'adv_steps'), ('--adv-step-size', 'adv_step_size'),
+        ('--adv-replays', 'adv_replays')) if getattr(args, dest) is not None}
+    if method is None:
+        if given:
+            raise TrainingError(f"{', '.join(given)} given without --adv-train ({'|'.join(ADV_METHODS)})")
+        return None
+    if method not in ADV_METHODS:
+        raise TrainingError(f"--adv-train must be one of {', '.join(ADV_METHODS)}, got '{method}'")
+    if '--adv-eps' not in given:
+        raise TrainingError(f'--adv-train {method} needs --adv-eps, the L-inf radius in pixels (e.g. 8/255)')
+    applies = dict(fgsm=(), pgd=('--adv-steps', '--adv-step-size'), free=('--adv-step-size', '--adv-replays'))
+    unused = [flag for flag in given if flag != '--adv-eps' and flag not in applies[method]]
+    if unused:
+        raise TrainingError(f"{', '.join(unused)} does not apply to --adv-train {method}")
+    if method == 'free' and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        raise TrainingError('--adv-train free cannot be combined with mixup/cutmix: the replays of a batch must '
+                            'train on the same images')
+    values = dict(method=method)
+    for flag, field_ in (('--adv-eps', 'eps'), ('--adv-step-size', 'step_size')):
+        if flag in given:
+            try:
+                values[field_] = parse_eps(given[flag])
+            except ValueError as e:
+                raise TrainingError(f'{flag}: {e}') from None
+    values.update({k: v for k, v in (('steps', args.adv_steps), ('replays', args.adv_replays)) if v is not None})
+    try:
+        cfg = AdversarialConfig(**values)
+    except ValueError as e:
+        raise TrainingError(f'invalid adversarial training setting: {e}') from None
+    if method == 'pgd':
+        args.adv_steps = cfg.steps
+    if method in ('pgd', 'free'):
+        args.adv_step_size = args.adv_step_size if args.adv_step_size is not None else format_eps(cfg.step_size)
+    if method == 'free':
+        args.adv_replays = cfg.replays
+    return cfg
+
+
+def resolve_push_settings(args: argparse.Namespace) -> None:
+    """Check ``--push-to-hub`` before training (malformed id, offline mode, no token: one-line errors) and
+    resolve ``--push-use-ema`` (default: the EMA weights when training with ``--model-ema``)."""
+    if not args.push_to_hub:
+        if args.push_private or args.push_use_ema is not None:
+            raise TrainingError('--push-private and --push-use-ema need --push-to-hub NAMESPACE/NAME')
+        return
+    if args.push_use_ema is None:
+        args.push_use_ema = bool(args.model_ema)
+    elif args.push_use_ema and not args.model_ema:
+        raise TrainingError('--push-use-ema needs --model-ema (there are no EMA weights to push)')
+    from .hub import ExportError, HubError, check_push_ready
+    try:
+        check_push_ready(args.push_to_hub)
+    except (ExportError, HubError) as e:
+        raise TrainingError(f'--push-to-hub: {_first_line(e)}') from None
+
+
+def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
+    from .hub import ExportError, HubError, push_after_training
+    weights = 'EMA weights' if args.push_use_ema else 'weights'
+    _logger.info(f"Pushing the {weights} of '{output_dir}' to the Hugging Face Hub as {args.push_to_hub}")
+    try:
+        return push_after_training(args.push_to_hub, output_dir, use_ema=args.push_use_ema,
+                                   private=args.push_private)
+    except (ExportError, HubError) as e:
+        raise TrainingError(
+            f'training finished (checkpoints in {output_dir}) but the push failed: {_first_line(e)}; retry with '
+            f'python -m timm_tenet.hub push --checkpoint {os.path.join(output_dir, "model_best.pth.tar")} '
+            f"--repo-id {args.push_to_hub}{' --use-ema' if args.push_use_ema else ''}") from None
 
 
 def _criterion_kwargs(args: argparse.Namespace, num_aug_splits: int, mixup_active: bool) -> Dict[str, Any]:
@@ -288,7 +372,8 @@ def run_training(
 
     Args:
         args: Parsed arguments; updated in place with resolved values (device, lr, TENET settings, ...).
-        perturb: Optional per-batch input hook passed to ``train_one_epoch``.
+        perturb: Optional per-batch input hook passed to ``train_one_epoch`` (not with ``--adv-train``, which
+            brings its own).
 
     Returns:
         Output folder, best metric and epoch, and the last epoch's metrics.
@@ -302,6 +387,10 @@ def run_training(
 
 
 def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: ExitStack) -> TrainResult:
+    adv_cfg = resolve_adversarial_config(args)
+    if adv_cfg is not None and perturb is not None:
+        raise TrainingError(f'--adv-train {adv_cfg.method} replaces the batches: do not pass a perturb hook as well')
+    resolve_push_settings(args)
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     try:
@@ -327,6 +416,8 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
         _logger.info(_tenet_summary(tenet_cfg))
+        if adv_cfg is not None:
+            _logger.info(adv_cfg.summary())
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
 
     num_aug_splits = 0
@@ -364,7 +455,11 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
     loader_train, loader_eval, mixup_fn = _create_loaders(
         args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args)
 
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    # free adversarial training trains on each batch adv_replays times: an epoch has that many more updates
+    train_batches, adv_perturb = adversarial_training(
+        adv_cfg, loader_train, data_config['mean'], data_config['std'], device=device, seed=args.seed + args.rank)
+    perturb = perturb or adv_perturb
+    updates_per_epoch = (len(train_batches) + args.grad_accum_steps - 1) // args.grad_accum_steps
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric='loss' in args.eval_metric),
         updates_per_epoch=updates_per_epoch)
@@ -426,7 +521,7 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
                 mixup_fn.mixup_enabled = False
         skipped_before = count_skipped(dataset_train)
         train_metrics = train_one_epoch(
-            epoch, task, loader_train, optimizer,
+            epoch, task, train_batches, optimizer,
             device=device, lr_scheduler=lr_scheduler, loss_scaler=loss_scaler, amp_autocast=amp_autocast,
             mixup_fn=mixup_fn, perturb=perturb, grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, channels_last=args.channels_last, prefetcher=args.prefetcher,
@@ -464,6 +559,8 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
         result.best_metric, result.best_epoch = saver.best_metric, saver.best_epoch
     if primary and result.best_metric is not None:
         _logger.info(f'*** Best metric: {result.best_metric} (epoch {result.best_epoch})')
+    if primary and args.push_to_hub:
+        _logger.info(f'Pushed to the Hub: {_push_trained(args, output_dir)}')
     return result
 
 

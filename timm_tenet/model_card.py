@@ -1,0 +1,268 @@
+"""The ``README.md`` model card of a TENET export: timm's metadata block, the TENET settings, the training
+command and arguments (local paths hidden), and tables of ``validate.py`` results."""
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+__all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'PAPER', 'dataset_ids', 'model_card']
+
+CARD_TAGS = ('image-classification', 'timm', 'tenet', 'robustness')
+DEFAULT_LICENSE = 'apache-2.0'
+
+# the paper, as timm's pretrained_cfg fields (config.json repeats them)
+PAPER = dict(
+    paper_name='Group-wise Inhibition based Feature Regularization for Robust Classification',
+    paper_ids='arXiv:2103.02152',
+    origin_url='https://github.com/LinusWu/TENET_Training',
+)
+_CITATION = """@inproceedings{liu2021tenet,
+  title={Group-wise Inhibition based Feature Regularization for Robust Classification},
+  author={Liu, Haozhe and Wu, Haoqian and Xie, Weicheng and Liu, Feng and Shen, Linlin},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2021}
+}"""
+# training arguments that hold local paths: the public card shows that they were set, not where
+_LOCAL_PATH_KEYS = ('data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map')
+# result keys, in the order the card's tables show them
+_CLEAN_KEYS = ('model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation')
+_ATTACK_KEYS = ('attack', 'eps', 'steps', 'step_size', 'restarts', 'top1', 'top1_err')
+_SUMMARY_KEYS = ('mce', 'relative_mce', 'mean_corruption_error', 'mean_corruption_acc')
+_CORRUPTION_METRICS = ('top1_err', 'top1', 'error', 'err', 'acc', 'accuracy')
+_TIMM_DATASETS = {'torch/cifar10': 'cifar10', 'torch/cifar100': 'cifar100', 'torch/imagenet': 'imagenet-1k',
+                  'torch/mnist': 'mnist', 'torch/fashion_mnist': 'fashion_mnist', 'torch/stl10': 'stl10'}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return 'nan' if math.isnan(v) else f'{v:.10g}'
+    if isinstance(v, (list, tuple)):
+        return '(' + ', '.join(_fmt(x) for x in v) + ')'
+    return str(v).replace('|', '\\|').replace('\n', ' ')
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ['| ' + ' | '.join(_fmt(h) for h in header) + ' |', '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(_fmt(c) if c is not None else '' for c in row) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def _columns(rows: Sequence[Dict[str, Any]], preferred: Sequence[str]) -> List[str]:
+    seen = [k for k in preferred if any(k in r for r in rows)]
+    for r in rows:
+        seen += [k for k in r if k not in seen]
+    return seen
+
+
+def _generic_table(rows: Sequence[Dict[str, Any]], preferred: Sequence[str] = ()) -> str:
+    cols = _columns(rows, preferred)
+    return _table(cols, [[r.get(c) for c in cols] for r in rows])
+
+
+def _corruption_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Corruption x severity of the first metric every row has, with the mean per corruption."""
+    metric = next((m for m in _CORRUPTION_METRICS if all(isinstance(r.get(m), (int, float)) for r in rows)), None)
+    cells = {(str(r['corruption']), r.get('severity')) for r in rows}
+    if metric is None or any('severity' not in r for r in rows) or len(cells) != len(rows):
+        return _generic_table(rows, ('corruption', 'severity') + _CORRUPTION_METRICS)
+    names = list(dict.fromkeys(str(r['corruption']) for r in rows))
+    severities = sorted({r['severity'] for r in rows}, key=lambda s: (not isinstance(s, (int, float)), str(s)))
+    values = {(str(r['corruption']), r['severity']): r[metric] for r in rows}
+    body = []
+    for name in names:
+        found = [values[(name, s)] for s in severities if (name, s) in values]
+        body.append([name] + [values.get((name, s)) for s in severities] + [sum(found) / len(found)])
+    return f'`{metric}` per severity:\n\n' + _table(['corruption'] + [f'severity {s}' for s in severities] + ['mean'],
+                                                     body)
+
+
+def _public_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A result row for a public card: no CSV ``section`` column, local paths shortened to their file name."""
+    shown = {}
+    for k, v in row.items():
+        if k == 'section':
+            continue
+        if isinstance(v, str) and (k in _LOCAL_PATH_KEYS or k in ('checkpoint', 'corruption_dir')) and v:
+            v = os.path.basename(v.rstrip('/')) or v
+        elif isinstance(v, str) and v.startswith('local-dir:'):
+            v = 'local-dir:' + os.path.basename(v[len('local-dir:'):].rstrip('/'))
+        shown[k] = v
+    return shown
+
+
+def _results_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """Tables of clean, corruption, summary, adversarial and any other result rows."""
+    groups: Dict[str, List[Dict[str, Any]]] = {'clean': [], 'corruption': [], 'summary': [], 'attack': [], 'other': []}
+    for row in map(_public_row, rows):
+        if not row:
+            continue
+        if 'attack' in row:
+            groups['attack'].append(row)
+        elif 'corruption' in row:
+            groups['corruption'].append(row)
+        elif any(k in _SUMMARY_KEYS or k.endswith('_mce') for k in row):
+            groups['summary'].append(row)
+        elif any(k in row for k in ('top1', 'top1_err', 'top5', 'top5_err')):
+            groups['clean'].append(row)
+        else:
+            groups['other'].append(row)
+    parts = []
+    if groups['clean']:
+        parts.append('### Clean validation\n\n' + _generic_table(groups['clean'], _CLEAN_KEYS))
+    if groups['summary']:
+        summary = [(k, v) for row in groups['summary'] for k, v in row.items()]
+        summary.sort(key=lambda kv: (kv[0] not in _SUMMARY_KEYS, _SUMMARY_KEYS.index(kv[0])
+                                     if kv[0] in _SUMMARY_KEYS else 0))
+        parts.append('### Corruption summary\n\n' + _table(['metric', 'value'], summary))
+    if groups['corruption']:
+        parts.append('### Corruptions\n\n' + _corruption_table(groups['corruption']))
+    if groups['attack']:
+        parts.append('### Adversarial attacks\n\n' + _generic_table(groups['attack'], _ATTACK_KEYS))
+    if groups['other']:
+        parts.append('### Other results\n\n' + _generic_table(groups['other']))
+    return '\n'.join(parts)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return str(v)
+
+
+def _public_args(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Training arguments for a public card: unset ones dropped, local paths replaced by a marker."""
+    shown = {}
+    for k, v in args.items():
+        if v is None or v == '' or v == [] or v == {}:
+            continue
+        shown[k] = '<local path>' if k in _LOCAL_PATH_KEYS and isinstance(v, str) else _plain(v)
+    return shown
+
+
+def dataset_ids(args: Dict[str, Any]) -> List[str]:
+    """Hub dataset ids for the card's metadata, from timm's ``--dataset`` ('hfds/<id>', 'torch/cifar10', ...)."""
+    name = str(args.get('dataset') or '').strip()
+    if name in _TIMM_DATASETS:
+        return [_TIMM_DATASETS[name]]
+    kind, _, rest = name.partition('/')
+    if kind in ('hfds', 'hfids', 'tfds', 'wds') and rest:
+        return [rest]
+    return []
+
+
+def model_card(
+        config: Dict[str, Any],
+        repo_id: str,
+        results: Sequence[Dict[str, Any]] = (),
+        train_command: Optional[str] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        license: str = DEFAULT_LICENSE,
+        datasets: Sequence[str] = (),
+        param_count: Optional[float] = None,
+        epoch: Optional[int] = None,
+        metric: Optional[float] = None,
+        weights: str = 'state_dict',
+) -> str:
+    """The ``README.md`` of an export: timm's metadata block, then TENET settings, training and results.
+
+    Args:
+        config: The export's ``config.json`` (architecture, num_classes, pretrained_cfg, tenet).
+        repo_id: Hub repository the card is for (``namespace/name``).
+        results: Result rows (see :func:`timm_tenet.export.read_results`), shown in tables.
+        train_command: The command line that trained the model.
+        train_args: Training arguments, shown as YAML (unset values dropped, local paths hidden).
+        license: License of the weights (metadata ``license``).
+        datasets: Hub dataset ids (metadata ``datasets``).
+        param_count: Parameters in millions.
+        epoch: Epoch of the exported checkpoint.
+        metric: Evaluation metric the checkpoint was selected by.
+        weights: ``'state_dict_ema'`` for EMA weights.
+    """
+    arch = config['architecture']
+    tenet = config.get('tenet') or {}
+    pcfg = config.get('pretrained_cfg') or {}
+    name = repo_id.split('/')[-1]
+    trained_as = tenet.get('model') or arch
+    front = dict(tags=list(CARD_TAGS), library_name='timm', pipeline_tag='image-classification', license=license)
+    if datasets:
+        front['datasets'] = list(datasets)
+    lines = ['---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', f'# Model card for {name}', '']
+    lines += [
+        f'A `{arch}` image classification model trained with TENET (group-wise inhibition feature '
+        f'regularization, ICCV 2021) as `{trained_as}`. TENET changes training only: the weights are plain '
+        f'`{arch}` weights, with the same inference cost.',
+        '',
+    ]
+    if tenet.get('requires') == 'timm_tenet':
+        lines += [
+            f'`{arch}` is registered by [timm_tenet](https://github.com/LinusWu/TENET_Training), not by timm: '
+            f'install `timm_tenet` and `import timm_tenet` before loading these weights.', '']
+
+    lines += ['## Model Details', '- **Model Type:** Image classification / feature backbone',
+              f'- **Architecture:** `{arch}`' + (f' (trained as `{trained_as}`)' if trained_as != arch else ''),
+              '- **Model Stats:**']
+    if param_count is not None:
+        lines.append(f'  - Params (M): {param_count:.2f}')
+    lines.append(f"  - Classes: {config.get('num_classes')}")
+    if pcfg.get('input_size'):
+        lines.append(f"  - Image size: {' x '.join(map(str, pcfg['input_size'][1:]))}")
+    preprocessing = {k: pcfg[k] for k in ('crop_pct', 'crop_mode', 'interpolation', 'mean', 'std') if k in pcfg}
+    if preprocessing:
+        lines.append('- **Preprocessing:** ' + ', '.join(f'{k} {_fmt(v)}' for k, v in preprocessing.items()))
+    source = 'EMA weights' if weights == 'state_dict_ema' else 'Weights'
+    if epoch is not None or metric is not None:
+        lines.append(f'- **Checkpoint:** {source}' + (f' of epoch {epoch}' if epoch is not None else '')
+                     + (f' (evaluation metric {_fmt(metric)})' if metric is not None else ''))
+    if datasets:
+        lines.append(f"- **Dataset:** {', '.join(datasets)}")
+    lines += ['- **Papers:**', f"  - {PAPER['paper_name']}: https://arxiv.org/abs/2103.02152",
+              f"- **Original:** {PAPER['origin_url']} (TENET reference code), "
+              f"https://github.com/huggingface/pytorch-image-models", '']
+
+    lines += ['## TENET settings', '']
+    if tenet.get('config'):
+        rows = list(tenet['config'].items())
+        if tenet.get('step') is not None:
+            rows.append(('training steps counted', tenet['step']))
+        lines += [_table(['setting', 'value'], rows)]
+    else:
+        lines += ['The checkpoint records no TENET settings.', '']
+
+    if train_command or train_args:
+        lines += ['## Training', '']
+        if train_command:
+            lines += ['```bash', train_command, '```', '']
+        if train_args:
+            lines += ['<details>', '<summary>Training arguments</summary>', '', '```yaml',
+                      yaml.safe_dump(_public_args(train_args), sort_keys=True).rstrip(), '```', '', '</details>', '']
+
+    if results:
+        lines += ['## Evaluation', '', _results_markdown(results)]
+
+    imports = ['import timm']
+    if tenet.get('requires') == 'timm_tenet':
+        imports.append(f'import timm_tenet  # registers {arch}, which stock timm does not have')
+    else:
+        imports[0] += '  # stock timm is enough, timm_tenet is not needed'
+    lines += [
+        '## Model Usage', '', '### Image Classification', '```python', 'from urllib.request import urlopen',
+        'from PIL import Image', *imports, '',
+        "img = Image.open(urlopen('https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/"
+        "beignets-task-guide.png'))",
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transforms = timm.data.create_transform(**data_config, is_training=False)',
+        'output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
+        'top5_probabilities, top5_class_indices = output.softmax(dim=1).topk(5)', '```', '',
+        f"To fine-tune with TENET again, `timm_tenet.hub.create_model('hf-hub:{repo_id}', pretrained=True)` "
+        f'returns the model with these TENET settings as `model.tenet_cfg`.', '',
+        '## Citation', '```bibtex', _CITATION, '```', '',
+    ]
+    return '\n'.join(lines)
