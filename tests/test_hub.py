@@ -238,12 +238,7 @@ def hub_env(endpoint: str, cache: Path, offline: bool = False):
 # Fixtures
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(autouse=True)

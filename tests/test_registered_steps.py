@@ -9,13 +9,7 @@ import timm_tenet
 from timm_tenet import TenetTask
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small convolutions on a shared 2-core machine run far faster without thread hand-offs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.mark.parametrize('name', timm.list_models('*_tenet'))

@@ -32,13 +32,7 @@ EXPECTED_STAGES = {
 NUM_CLASSES = 7
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Two OpenMP threads on two busy cores make a 64x64 CPU forward take seconds instead of 0.1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module', params=sorted(EXPECTED_STAGES))

@@ -34,12 +34,7 @@ def _load_validate_script():
 validate = _load_validate_script()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _write_images(folder: Path, per_class: int, rng: np.random.Generator) -> None:

@@ -39,7 +39,7 @@ import torch.nn as nn
 from timm.utils import unwrap_model
 
 from .attacks import NormalizedModel, fgsm, pgd
-from .task import _eval_mode
+from .task import eval_mode
 
 __all__ = ['ADV_METHODS', 'AdversarialConfig', 'AdversarialExamples', 'FreeAdversarialBatches',
            'adversarial_training', 'format_eps']
@@ -178,7 +178,7 @@ class AdversarialExamples:
         clean = self.space.pixels(input).clamp_(0, 1)
         attacked = NormalizedModel(model, self.space.mean.flatten(), self.space.std.flatten()).to(input.device)
         cfg = self.cfg
-        with _eval_mode(attacked):
+        with eval_mode(attacked):
             if cfg.method == 'fgsm':
                 x_adv = fgsm(attacked, clean, target, cfg.eps)
             else:

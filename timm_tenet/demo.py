@@ -12,12 +12,12 @@ severities 1, 3 and 5, and FGSM / PGD-10 at eps 8/255, into ``robustness.json`` 
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from . import validation
 from .train_args import parse_train_args
 from .training import TrainResult, run_training, training_errors
 
@@ -44,17 +44,16 @@ def train_default(output: Path, extra_args: Sequence[str] = ()) -> TrainResult:
 
 
 def evaluate_robustness(run_dir: Path, severities: Sequence[int] = (1, 3, 5), attack_samples: Optional[int] = None) -> Path:
-    """Run ``validate.py`` on the run's best checkpoint over the digits test split; returns the results file."""
+    """``validate.py`` on the run's best checkpoint over the digits test split; returns the results file."""
     results_file = run_dir / 'robustness.json'
-    command = [
-        sys.executable, str(find_recipe().parent.parent / 'validate.py'), '--checkpoint', str(run_dir),
-        '--dataset', 'sklearn/digits', '--split', 'test', '-j', '0', '--corrupt', 'all',
+    argv = [
+        '--checkpoint', str(run_dir), '--dataset', 'sklearn/digits', '--split', 'test', '-j', '0', '--corrupt', 'all',
         '--severities', *map(str, severities), '--attack', 'fgsm', 'pgd', '--eps', '8/255',
         *(['--attack-samples', str(attack_samples)] if attack_samples else []),
         '--results-file', str(results_file), '--results-format', 'json',
     ]
-    if subprocess.run(command).returncode != 0:
-        raise RuntimeError(f"robustness evaluation failed: {' '.join(command)}")
+    if validation.main(argv) != 0:
+        raise RuntimeError(f"robustness evaluation failed: validate.py {' '.join(argv)}")
     return results_file
 
 

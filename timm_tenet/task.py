@@ -14,13 +14,13 @@ from .config import TenetConfig
 from .inhibition import group_channels, orthogonal_loss, reversed_mask
 from .split import ModelSplit
 
-__all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite']
+__all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite', 'eval_mode']
 
 _logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode (BatchNorm running stats, no dropout), then restore every module's mode."""
     modules = list(model.modules())
     modes = [m.training for m in modules]
@@ -119,7 +119,7 @@ class TenetTrainableModule(nn.Module):
     def _logit_gradient(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``dL_d/dA`` with ``L_d`` the summed logits of the chosen classes, ``D`` in eval mode."""
         probe = features.detach().requires_grad_(True)
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             logits = self.split.rest(probe).float()
             if _is_soft(target):
                 chosen = (logits * target).sum()

@@ -9,8 +9,8 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = [
-    'ConfigError', 'args_to_dict', 'args_to_yaml', 'build_train_parser', 'config_dests', 'load_config_defaults',
-    'parse_args_with_config', 'parse_train_args',
+    'ConfigError', 'add_dataset_reader_args', 'add_dataset_source_args', 'args_to_dict', 'args_to_yaml',
+    'build_train_parser', 'config_dests', 'load_config_defaults', 'parse_args_with_config', 'parse_train_args',
 ]
 
 
@@ -18,8 +18,8 @@ class ConfigError(ValueError):
     """A ``-c/--config`` file that cannot be used (unreadable, not a mapping, or an unknown key)."""
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group('Dataset parameters')
+def add_dataset_source_args(group: argparse._ArgumentGroup) -> None:
+    """Where the images come from (shared with ``validate.py``): the dataset root and type."""
     group.add_argument('data', nargs='?', metavar='DIR', const=None,
                        help='path to dataset (positional is *deprecated*, use --data-dir)')
     group.add_argument('--data-dir', metavar='DIR',
@@ -28,14 +28,10 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                        help='dataset type + name ("<type>/<name>"): "" or "folder/" = ImageFolder, "torch/cifar10", '
                             '"hfds/<name>", ..., or "sklearn/digits" (scikit-learn digits written once as an image '
                             'folder under $TIMM_TENET_CACHE, default ~/.cache/timm_tenet)')
-    group.add_argument('--train-split', metavar='NAME', default='train',
-                       help='dataset train split (default: train)')
-    group.add_argument('--val-split', metavar='NAME', default='validation',
-                       help='dataset validation split (default: validation)')
-    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
-                       help='Manually specify num samples in train split, for IterableDatasets.')
-    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
-                       help='Manually specify num samples in validation split, for IterableDatasets.')
+
+
+def add_dataset_reader_args(group: argparse._ArgumentGroup) -> None:
+    """How timm's dataset factory reads them (shared with ``validate.py``)."""
     group.add_argument('--dataset-download', action='store_true', default=False,
                        help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
@@ -48,6 +44,20 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                        help='Dataset key for target labels.')
     group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
                        help='Allow huggingface dataset import to execute code downloaded from the dataset\'s repo.')
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('Dataset parameters')
+    add_dataset_source_args(group)
+    group.add_argument('--train-split', metavar='NAME', default='train',
+                       help='dataset train split (default: train)')
+    group.add_argument('--val-split', metavar='NAME', default='validation',
+                       help='dataset validation split (default: validation)')
+    group.add_argument('--train-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in train split, for IterableDatasets.')
+    group.add_argument('--val-num-samples', default=None, type=int, metavar='N',
+                       help='Manually specify num samples in validation split, for IterableDatasets.')
+    add_dataset_reader_args(group)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

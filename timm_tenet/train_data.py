@@ -12,6 +12,7 @@ from PIL import Image
 from timm.data import create_dataset
 from timm.data.dataset import ImageDataset
 
+from ._errors import first_line
 from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [
@@ -208,7 +209,7 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
             dataset = create_dataset(name, split=base_split, is_training=training, num_samples=num_samples,
                                      repeats=args.epoch_repeats if training else 0, **common)
         except (FileNotFoundError, RuntimeError, AssertionError) as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            detail = first_line(e)
             raise DataError(f"cannot create the '{split}' split of dataset '{name or 'folder'}' from "
                             f"'{args.data_dir}': {detail}") from None
         if folder and type(dataset) is ImageDataset:

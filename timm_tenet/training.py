@@ -21,6 +21,7 @@ from timm.task import ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, \
     trim_summary, update_summary
 
+from ._errors import first_line
 from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training, format_eps
 from .attacks import parse_eps
 from .checkpoint import AtomicCheckpointSaver, CheckpointError, atomic_write_text, load_checkpoint_file, \
@@ -64,11 +65,6 @@ class TrainResult:
     eval_metrics: Dict[str, float] = field(default_factory=dict)
     train_metrics: Dict[str, Optional[float]] = field(default_factory=dict)
     epochs: int = 0
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional[TenetConfig]:
@@ -154,7 +150,7 @@ def resolve_push_settings(args: argparse.Namespace) -> None:
     try:
         check_push_ready(args.push_to_hub)
     except (ExportError, HubError) as e:
-        raise TrainingError(f'--push-to-hub: {_first_line(e)}') from None
+        raise TrainingError(f'--push-to-hub: {first_line(e)}') from None
 
 
 def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
@@ -166,7 +162,7 @@ def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
                                    private=args.push_private)
     except (ExportError, HubError) as e:
         raise TrainingError(
-            f'training finished (checkpoints in {output_dir}) but the push failed: {_first_line(e)}; retry with '
+            f'training finished (checkpoints in {output_dir}) but the push failed: {first_line(e)}; retry with '
             f'python -m timm_tenet.hub push --checkpoint {os.path.join(output_dir, "model_best.pth.tar")} '
             f"--repo-id {args.push_to_hub}{' --use-ema' if args.push_use_ema else ''}") from None
 
@@ -203,7 +199,7 @@ def create_task(
     try:
         return TenetTask(model, tenet_cfg, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
     except ValueError as e:
-        raise TrainingError(f'cannot train {args.model} with TENET: {_first_line(e)}') from None
+        raise TrainingError(f'cannot train {args.model} with TENET: {first_line(e)}') from None
 
 
 def _resolve_amp(args: argparse.Namespace, device: torch.device) -> Tuple[Callable[[], ContextManager], Any]:
@@ -241,7 +237,7 @@ def _create_model(args: argparse.Namespace) -> nn.Module:
     except (RuntimeError, ValueError, OSError, TypeError) as e:
         what = ' with pretrained weights' if pretrained else ''
         hint = ' (no network here: use --pretrained-path FILE)' if pretrained and not args.pretrained_path else ''
-        raise TrainingError(f"cannot create model '{args.model}'{what}: {_first_line(e)}{hint}") from None
+        raise TrainingError(f"cannot create model '{args.model}'{what}: {first_line(e)}{hint}") from None
     if args.initial_checkpoint:
         load_model_weights(model, args.initial_checkpoint)
     if args.head_init_scale is not None:
@@ -396,7 +392,7 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
     try:
         device = init_distributed_device(args)
     except AssertionError as e:
-        raise TrainingError(f"device '{args.device}' is not available: {_first_line(e)}") from None
+        raise TrainingError(f"device '{args.device}' is not available: {first_line(e)}") from None
     primary = is_primary(args)
     args.prefetcher = not args.no_prefetcher and device.type == 'cuda'
     if args.distributed and primary:

@@ -7,7 +7,7 @@ from timm.utils import ParseKwargs
 
 from .attacks import ATTACKS
 from .results import RESULT_FORMATS
-from .train_args import parse_args_with_config
+from .train_args import add_dataset_reader_args, add_dataset_source_args, parse_args_with_config
 
 __all__ = ['C_FORMATS', 'CORRUPTION_CONSTANTS', 'build_validate_parser', 'parse_validate_args']
 
@@ -17,29 +17,12 @@ CORRUPTION_CONSTANTS = ('auto', 'cifar', 'imagenet')
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Dataset parameters')
-    group.add_argument('data', nargs='?', metavar='DIR', const=None,
-                       help='path to dataset (positional is *deprecated*, use --data-dir)')
-    group.add_argument('--data-dir', metavar='DIR',
-                       help='path to dataset (root dir)')
-    group.add_argument('--dataset', metavar='NAME', default='',
-                       help='dataset type + name ("<type>/<name>"): "" = ImageFolder/ImageTar, "torch/cifar10", '
-                            '"hfds/<name>", ..., or "sklearn/digits" (the embedded digits image folder)')
+    add_dataset_source_args(group)
     group.add_argument('--split', metavar='NAME', default='validation',
                        help='dataset split (default: validation)')
     group.add_argument('--num-samples', default=None, type=int, metavar='N',
                        help='Manually specify num samples in dataset split, for IterableDatasets.')
-    group.add_argument('--dataset-download', action='store_true', default=False,
-                       help='Allow download of dataset for torch/ and tfds/ datasets that support it.')
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
-                       help='path to class to idx mapping file (default: "")')
-    group.add_argument('--input-key', default=None, type=str,
-                       help='Dataset key for input images.')
-    group.add_argument('--input-img-mode', default=None, type=str,
-                       help='Dataset image conversion mode for input images.')
-    group.add_argument('--target-key', default=None, type=str,
-                       help='Dataset key for target labels.')
-    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
-                       help='Allow huggingface dataset import to execute code downloaded from the dataset\'s repo.')
+    add_dataset_reader_args(group)
     group.add_argument('--valid-labels', default='', type=str, metavar='FILENAME',
                        help='Valid label indices txt file (one index per line) for validation of a partial '
                             'label space: logits are restricted to these classes')
