@@ -1,9 +1,12 @@
 """Cost of a TENET training step against timm's ClassificationTask step on the same model and batch.
 
 Steps are timed interleaved (plain, TENET variants, plain, ...) so that machine noise hits all of
-them alike; medians are reported. A step is zero_grad + forward + backward + SGD update.
+them alike; medians are reported. A step is zero_grad + forward + backward + SGD update. On a CPU
+shared with other work, ``--threads 1 --cpu-time`` measures the process's CPU time instead of wall
+time, which other processes barely disturb.
 
     python benchmarks/step_overhead.py --model resnet50 -b 16 --img-size 128
+    python benchmarks/step_overhead.py --threads 1 --cpu-time          # on a busy machine
 """
 import argparse
 import json
@@ -19,14 +22,14 @@ from timm_tenet import TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
+def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
     if device.type == 'cuda':
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device.type == 'cuda':
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _step_fn(task, optimizer, x, y, amp_dtype):
@@ -48,8 +51,13 @@ def main():
     parser.add_argument('--repeats', type=int, default=6)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp-dtype', default=None, choices=[None, 'bfloat16', 'float16'])
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    parser.add_argument('--cpu-time', action='store_true', help='time with process CPU time, not wall time')
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
 
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else None
@@ -85,22 +93,23 @@ def main():
     for _ in range(args.repeats):
         for name, step in steps.items():
             if name == period_name:  # three consecutive calls: one TENET step, two plain, amortised
-                times[name].append(sum(_timed(step, device) for _ in range(3)) / 3)
+                times[name].append(sum(_timed(step, device, clock) for _ in range(3)) / 3)
             else:
-                times[name].append(_timed(step, device))
-        times['grouping + mask'].append(_timed(mask_only, device))
+                times[name].append(_timed(step, device, clock))
+        times['grouping + mask'].append(_timed(mask_only, device, clock))
 
     plain = statistics.median(times['plain'])
     results = {
         'model': args.model, 'batch_size': args.batch_size, 'img_size': args.img_size, 'device': str(device),
-        'threads': torch.get_num_threads(), 'amp_dtype': args.amp_dtype, 'feature_shape': list(features.shape),
+        'threads': torch.get_num_threads(), 'clock': 'cpu' if args.cpu_time else 'wall', 'amp_dtype': args.amp_dtype,
+        'feature_shape': list(features.shape),
         'rows': [
             {'what': name, 'median_s': round(statistics.median(t), 4), 'x_plain': round(statistics.median(t) / plain, 3)}
             for name, t in times.items()
         ],
     }
     print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, {device}, {torch.get_num_threads()} threads, "
-          f"inhibited map {tuple(features.shape)}")
+          f"{'CPU' if args.cpu_time else 'wall'} time, inhibited map {tuple(features.shape)}")
     print(f"{'what':<32} {'median s':>9} {'x plain step':>13}")
     for row in results['rows']:
         print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f}")

@@ -6,15 +6,13 @@ synchronisation, so it can sit inside a training step. The functions know nothin
 they take a feature map ``A`` (B x C x H x W, or any B x C x ... layout whose trailing dims are
 spatial) and, for the mask, the gradient of the chosen logits with respect to ``A``.
 
-Group ids are per sample: group 3 of sample 0 is unrelated to group 3 of sample 1. The mask's group
-sums use ``scatter_add`` and ``gather`` rather than one-hot matrix products so that TF32 matmul
-settings cannot lower their precision; k-means centres, which are only approximations on the way to
-an assignment, use the faster matrix products.
+Group ids are per sample: group 3 of sample 0 is unrelated to group 3 of sample 1. Group sums use
+``scatter_add`` / ``index_add`` and ``gather`` rather than one-hot matrix products, so that TF32
+matmul settings cannot lower their precision, and loops run over the K groups, never over samples.
 """
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ['group_channels', 'reversed_mask', 'orthogonal_loss']
 
@@ -42,19 +40,9 @@ def _squared_distances(points: torch.Tensor, points_sq: torch.Tensor, centres: t
 
 
 def _nearest_centre(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Index of each point's nearest centre, B x C.
-
-    ``|x|^2`` is the same for every centre, so it is dropped. Scores are laid out K x C and the K
-    comparisons unrolled: an argmin over a short strided axis is many times slower on CPU.
-    """
-    centres_sq = centres.pow(2).sum(-1).unsqueeze(-1)
-    scores = torch.baddbmm(centres_sq, centres, points.transpose(1, 2), alpha=-2)
-    best, nearest = scores[:, 0], torch.zeros_like(scores[:, 0], dtype=torch.long)
-    for k in range(1, scores.shape[1]):
-        closer = scores[:, k] < best
-        best = torch.where(closer, scores[:, k], best)
-        nearest = nearest.masked_fill(closer, k)
-    return nearest
+    """Index of each point's nearest centre, B x C; ``|x|^2`` is the same for every centre, so it is dropped."""
+    centres_sq = centres.pow(2).sum(-1).unsqueeze(1)
+    return torch.baddbmm(centres_sq, points, centres.transpose(1, 2), alpha=-2).argmin(-1)
 
 
 def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups: int, generator) -> torch.Tensor:
@@ -69,7 +57,11 @@ def _kmeans_plus_plus(points: torch.Tensor, points_sq: torch.Tensor, num_groups:
     for _ in range(num_groups - 1):
         # the floor keeps rows of identical channels drawable, the cap keeps the row sum finite
         weights = torch.where(taken, torch.zeros_like(nearest), nearest.clamp(max=1e30) + 1e-30)
-        pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        # inverse-CDF draw: one uniform per row (multinomial draws one exponential per channel);
+        # right=True never lands on a zero-weight (taken) channel
+        cdf = weights.cumsum(1)
+        target = torch.rand(batch, 1, device=points.device, generator=generator) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(num_channels - 1)
         chosen.append(pick)
         taken[rows, pick] = True
         dist = _squared_distances(points, points_sq, points[rows, pick].unsqueeze(1)).squeeze(2)
@@ -82,13 +74,13 @@ def _snap_to_channels(points: torch.Tensor, points_sq: torch.Tensor, centres: to
     batch, num_channels, _ = points.shape
     # |c|^2 is the same for every channel, so it is dropped; K x C layout keeps each row contiguous
     dist = torch.baddbmm(points_sq.unsqueeze(1), centres, points.transpose(1, 2), alpha=-2)
-    taken = torch.zeros(batch, num_channels, dtype=torch.bool, device=points.device)
-    rows = torch.arange(batch, device=points.device)
+    num_centres = centres.shape[1]
     picks = []
-    for k in range(centres.shape[1]):
-        pick = dist[:, k].masked_fill(taken, float('inf')).argmin(1)
-        taken[rows, pick] = True
+    for k in range(num_centres):
+        pick = dist[:, k].argmin(1)
         picks.append(pick)
+        # the picked channel is out of reach for the later centres
+        dist.scatter_(2, pick.view(batch, 1, 1).expand(batch, num_centres, 1), float('inf'))
     return torch.stack(picks, dim=1)
 
 
@@ -142,12 +134,14 @@ def group_channels(
     points_sq = points.pow(2).sum(-1)
     rows = torch.arange(points.shape[0], device=points.device).unsqueeze(1)
     centres = points[rows, _kmeans_plus_plus(points, points_sq, num_groups, generator)]
+    batch, num_channels, length = points.shape
+    offsets = rows * num_groups  # flat group index b * K + k: one index_add for the whole batch
+    flat_points = points.reshape(-1, length)
     for _ in range(iters):
-        assignment = _nearest_centre(points, centres)
-        members = F.one_hot(assignment, num_groups).to(points.dtype)
-        counts = members.sum(1).unsqueeze(-1)
-        means = torch.bmm(members.transpose(1, 2), points) / counts.clamp_min(1)
-        means = torch.where(counts > 0, means, centres)
+        flat_ids = (_nearest_centre(points, centres) + offsets).flatten()
+        counts = torch.bincount(flat_ids, minlength=batch * num_groups).view(batch, num_groups, 1).to(points.dtype)
+        sums = points.new_zeros(batch * num_groups, length).index_add_(0, flat_ids, flat_points)
+        means = torch.where(counts > 0, sums.view(batch, num_groups, length) / counts.clamp_min(1), centres)
         centres = points[rows, _snap_to_channels(points, points_sq, means)] if medoid else means
     return _nearest_centre(points, centres)
 
