@@ -1,9 +1,9 @@
 """Does TENET make the digits model more robust? Baseline against TENET over several seeds.
 
 Trains ``hparams/digits_resnet18.yaml`` (baseline) and ``hparams/digits_resnet18_tenet.yaml`` (TENET)
-once per seed with ``train.py`` (checkpoints selected on the validation split), evaluates each best
-checkpoint with ``validate.py`` on the held-out test split (clean, every on-the-fly corruption at
-severities 1..5, FGSM and PGD at several eps), and writes to ``--output``:
+once per seed with ``train.py``'s code (checkpoints selected on the validation split), evaluates each
+best checkpoint with ``validate.py``'s (on the held-out test split: clean, every on-the-fly corruption
+at severities 1..5, FGSM and PGD at several eps), and writes to ``--output``:
 
 - ``results.json``: every run's numbers, mean +- std per variant, the differences, wall-clock per part;
 - ``results.md``: the summary table;
@@ -13,56 +13,76 @@ severities 1..5, FGSM and PGD at several eps), and writes to ``--output``:
     python benchmarks/robustness_study.py                      # 3 seeds
     python benchmarks/robustness_study.py --seeds 42 --eps 8/255
 
-An interrupted study resumes: finished runs (``<variant>_seed<N>.run.json``) are not repeated.
+Every run happens in this process, its log in ``<variant>_seed<N>.train.log`` / ``.validate.log``: twelve
+interpreter start-ups would add a minute to a study that must fit in 30 minutes on 2 CPU cores. An
+interrupted study resumes: finished runs (``<variant>_seed<N>.run.json``) are not repeated.
 """
 import argparse
+import contextlib
 import json
+import logging
 import os
 import statistics
-import subprocess
-import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+from timm_tenet import cam
 from timm_tenet.attacks import parse_eps
+from timm_tenet.demo import evaluate_robustness
 from timm_tenet.digits import prepare_digits
+from timm_tenet.train_args import parse_train_args
+from timm_tenet.training import run_training, training_errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {'baseline': 'digits_resnet18.yaml', 'TENET': 'digits_resnet18_tenet.yaml'}
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
-def _run(cmd: Sequence[str], log_path: str) -> float:
-    """Run a command from the repository root, its output to ``log_path``; returns seconds taken."""
+@contextlib.contextmanager
+def _logged_to(log_path: str) -> Iterator[None]:
+    """Send a run's log records and printed output to ``log_path``; the console keeps the study's lines."""
+    root = logging.getLogger()
+    with open(log_path, 'w') as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
+def _run(what: str, fn: Callable[[], None], log_path: str) -> float:
+    """Run one part in this process (the runs share one interpreter start-up), logged to ``log_path``;
+    returns the seconds taken."""
     start = time.time()
-    with open(log_path, 'w') as log:
-        done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"'{' '.join(cmd)}' failed (exit {done.returncode}); see {log_path}")
+    with _logged_to(log_path):
+        try:
+            fn()
+        except (*training_errors(), SystemExit, RuntimeError) as e:
+            failure = e
+        else:
+            failure = None
+    if failure is not None:
+        raise SystemExit(f'{what} failed ({failure}); see {log_path}')
     return time.time() - start
 
 
 def train(variant: str, seed: int, output: str, epochs: Optional[int]) -> Dict[str, object]:
     experiment = f'{variant.lower()}_seed{seed}'
-    seconds = _run([
-        sys.executable, 'train.py', '-c', os.path.join('hparams', VARIANTS[variant]), '--seed', str(seed),
-        '--output', output, '--experiment', experiment, '--log-interval', '1000',
-        *(['--epochs', str(epochs)] if epochs else []),
-    ], os.path.join(output, f'{experiment}.train.log'))
+    args, _ = parse_train_args([
+        '-c', os.path.join(REPO, 'hparams', VARIANTS[variant]), '--seed', str(seed), '--output', output,
+        '--experiment', experiment, '--log-interval', '1000', *(['--epochs', str(epochs)] if epochs else []),
+    ])
+    seconds = _run(f'training {experiment}', lambda: run_training(args), os.path.join(output, f'{experiment}.train.log'))
     return {'run_dir': os.path.join(output, experiment), 'train_s': round(seconds, 1)}
 
 
 def evaluate(run_dir: str, eps: Sequence[str], pgd_steps: int, attack_samples: int) -> Dict[str, object]:
-    results_file = run_dir + '.results.json'
-    seconds = _run([
-        sys.executable, 'validate.py', '--checkpoint', run_dir, '--dataset', 'sklearn/digits', '--split', 'test',
-        '-b', '128', '-j', '0', '--no-progress', '--corrupt', 'all', '--severities', *map(str, SEVERITIES),
-        '--attack', 'fgsm', 'pgd', '--eps', *eps, '--attack-steps', str(pgd_steps),
-        '--attack-samples', str(attack_samples),
-        '--results-file', results_file, '--results-format', 'json',
-    ], run_dir + '.validate.log')
-    with open(results_file) as f:
-        return {'results': json.load(f), 'eval_s': round(seconds, 1)}
+    results_file = Path(run_dir + '.results.json')
+    seconds = _run(f'evaluating {run_dir}', lambda: evaluate_robustness(
+        Path(run_dir), SEVERITIES, attack_samples, eps, pgd_steps, results_file), run_dir + '.validate.log')
+    return {'results': json.loads(results_file.read_text()), 'eval_s': round(seconds, 1)}
 
 
 def run_metrics(results: Dict[str, object]) -> Dict[str, float]:
@@ -135,11 +155,12 @@ def main(argv=None) -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=[42, 43, 44])
     parser.add_argument('--eps', nargs='+', default=['2/255', '4/255', '8/255'])
     parser.add_argument('--pgd-steps', type=int, default=10)
-    parser.add_argument('--attack-samples', type=int, default=128,
-                        help='attack the first N test images (PGD dominates the run time; default: 128)')
+    parser.add_argument('--attack-samples', type=int, default=64,
+                        help='attack the first N test images (PGD-10 costs ~30 forward passes an image; default: 64)')
     parser.add_argument('--epochs', type=int, default=None, help="override the recipes' epochs (smoke runs)")
     parser.add_argument('--output', default=os.path.join('output', 'robustness_study'))
     args = parser.parse_args(argv)
+    logging.getLogger().setLevel(logging.INFO)  # the runs' records go to their log files
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
     start = time.time()
@@ -170,11 +191,12 @@ def main(argv=None) -> None:
     plot(per_run, args.eps, os.path.join(output, 'robustness.png'))
     plot_s = time.time() - part_start
     part_start = time.time()
-    cam_s = _run([
-        sys.executable, '-m', 'timm_tenet.cam', '--models', runs['baseline'][0]['run_dir'], runs['TENET'][0]['run_dir'],
-        '--titles', 'baseline', 'TENET', '--images', os.path.join(str(prepare_digits()), 'test'), '--num-images', '8',
+    cam_argv = [
+        '--models', runs['baseline'][0]['run_dir'], runs['TENET'][0]['run_dir'], '--titles', 'baseline', 'TENET',
+        '--images', os.path.join(str(prepare_digits()), 'test'), '--num-images', '8',
         '--out', os.path.join(output, 'cam.png'),
-    ], os.path.join(output, 'cam.log'))
+    ]
+    cam_s = _run('Grad-CAM', lambda: cam.main(cam_argv), os.path.join(output, 'cam.log'))
 
     table = markdown_table(summary, args.seeds)
     with open(os.path.join(output, 'results.md'), 'w') as f:

@@ -55,7 +55,7 @@ def test_cli_writes_a_grid_of_input_and_one_column_per_model(tmp_path, image_fol
     cam.main(['--models', path_a, path_b, '--titles', 'baseline', 'TENET', '--images', str(image_folder),
               '--num-images', '3', '--out', str(out)])
     width, height = Image.open(out).size
-    assert (width, height) == (round(2.2 * 3 * 100), round((2.2 * 3 + 0.4) * 100))
+    assert (width, height) == (round(2.2 * 3 * 100), round((2.2 * 3 + 0.6) * 100))
 
 
 def test_vit_tokens_are_reshaped_to_the_patch_grid():

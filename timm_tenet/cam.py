@@ -122,7 +122,8 @@ def render_cam_grid(
     import matplotlib.pyplot as plt
 
     rows, cols = images.shape[0], 1 + len(cams)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.6), squeeze=False,
+                             layout='constrained')
     for r in range(rows):
         rgb = images[r].permute(1, 2, 0).numpy()
         axes[r][0].imshow(rgb)
@@ -137,9 +138,9 @@ def render_cam_grid(
             ax.set_yticks([])
     for c, title in enumerate(['input', *titles]):
         axes[0][c].set_title(title, fontsize=10)
-    fig.suptitle('Grad-CAM of the target class (ground truth where known, else the first model\'s prediction)',
+    # constrained layout reserves room for the suptitle (tight_layout lets it run into the column titles)
+    fig.suptitle('Grad-CAM of the target class\n(ground truth where known, else the first model\'s prediction)',
                  fontsize=9)
-    fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
 

@@ -43,12 +43,23 @@ def train_default(output: Path, extra_args: Sequence[str] = ()) -> TrainResult:
     return run_training(args)
 
 
-def evaluate_robustness(run_dir: Path, severities: Sequence[int] = (1, 3, 5), attack_samples: Optional[int] = None) -> Path:
-    """``validate.py`` on the run's best checkpoint over the digits test split; returns the results file."""
-    results_file = run_dir / 'robustness.json'
+def evaluate_robustness(
+        run_dir: Path,
+        severities: Sequence[int] = (1, 3, 5),
+        attack_samples: Optional[int] = None,
+        eps: Sequence[str] = ('8/255',),
+        pgd_steps: int = 10,
+        results_file: Optional[Path] = None,
+) -> Path:
+    """``validate.py`` on the run's best checkpoint over the digits test split: clean, every on-the-fly
+    corruption at ``severities``, FGSM and PGD at ``eps``; returns the JSON results file (default
+    ``run_dir/robustness.json``)."""
+    results_file = results_file or run_dir / 'robustness.json'
     argv = [
-        '--checkpoint', str(run_dir), '--dataset', 'sklearn/digits', '--split', 'test', '-j', '0', '--corrupt', 'all',
-        '--severities', *map(str, severities), '--attack', 'fgsm', 'pgd', '--eps', '8/255',
+        '--checkpoint', str(run_dir), '--dataset', 'sklearn/digits', '--split', 'test', '-b', '128', '-j', '0',
+        '--channels-last',  # ~1.4x the forward rate of this model on CPU
+        '--corrupt', 'all', '--severities', *map(str, severities),
+        '--attack', 'fgsm', 'pgd', '--eps', *eps, '--attack-steps', str(pgd_steps),
         *(['--attack-samples', str(attack_samples)] if attack_samples else []),
         '--results-file', str(results_file), '--results-format', 'json',
     ]

@@ -9,8 +9,9 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = [
-    'ConfigError', 'add_dataset_reader_args', 'add_dataset_source_args', 'args_to_dict', 'args_to_yaml',
-    'build_train_parser', 'config_dests', 'load_config_defaults', 'parse_args_with_config', 'parse_train_args',
+    'ConfigError', 'add_dataset_reader_args', 'add_dataset_source_args', 'add_model_input_args', 'args_to_dict',
+    'args_to_yaml', 'build_train_parser', 'config_dests', 'load_config_defaults', 'parse_args_with_config',
+    'parse_train_args',
 ]
 
 
@@ -46,6 +47,29 @@ def add_dataset_reader_args(group: argparse._ArgumentGroup) -> None:
                        help='Allow huggingface dataset import to execute code downloaded from the dataset\'s repo.')
 
 
+def add_model_input_args(group: argparse._ArgumentGroup) -> None:
+    """Classifier head and input pre-processing flags, shared by train.py and validate.py (timm's names)."""
+    group.add_argument('--num-classes', type=int, default=None, metavar='N',
+                       help='number of label classes (Model default if None)')
+    group.add_argument('--gp', default=None, type=str, metavar='POOL',
+                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
+    group.add_argument('--img-size', type=int, default=None, metavar='N',
+                       help='Image size (default: None => model default)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                       help='Image input channels (default: None => 3)')
+    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
+                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
+                            'empty')
+    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
+                       help='Input image center crop percent of the evaluation transforms')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='Override mean pixel value of dataset')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='Override std deviation of dataset')
+    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                       help='Image resize interpolation type (overrides model)')
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Dataset parameters')
     add_dataset_source_args(group)
@@ -74,25 +98,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='Resume full model and optimizer state from checkpoint (default: none)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='prevent resume of optimizer state when resuming model')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
-                       help='number of label classes (Model default if None)')
-    group.add_argument('--gp', default=None, type=str, metavar='POOL',
-                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
-    group.add_argument('--img-size', type=int, default=None, metavar='N',
-                       help='Image size (default: None => model default)')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N',
-                       help='Image input channels (default: None => 3)')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N N N',
-                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
-                            'empty')
-    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
-                       help='Input image center crop percent (for validation only)')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
-                       help='Override mean pixel value of dataset')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
-                       help='Override std deviation of dataset')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
-                       help='Image resize interpolation type (overrides model)')
+    add_model_input_args(group)
     group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N',
                        help='Input batch size for training (default: 128)')
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',

@@ -7,7 +7,7 @@ from timm.utils import ParseKwargs
 
 from .attacks import ATTACKS
 from .results import RESULT_FORMATS
-from .train_args import add_dataset_reader_args, add_dataset_source_args, parse_args_with_config
+from .train_args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args, parse_args_with_config
 
 __all__ = ['C_FORMATS', 'CORRUPTION_CONSTANTS', 'build_validate_parser', 'parse_validate_args']
 
@@ -41,29 +41,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                             'mean/std, crop_pct) fill the flags not given')
     group.add_argument('--use-ema', action='store_true', default=False,
                        help='use the EMA weights (state_dict_ema) of the checkpoint')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
-                       help='Number classes in dataset')
-    group.add_argument('--gp', default=None, type=str, metavar='POOL',
-                       help='Global pool type, one of (fast, avg, max, avgmax, avgmaxc). Model default if None.')
-    group.add_argument('--img-size', default=None, type=int, metavar='N',
-                       help='Input image dimension, uses model default if empty')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N',
-                       help='Image input channels (default: None => 3)')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
-                       help='Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if '
-                            'empty')
+    add_model_input_args(group)
     group.add_argument('--use-train-size', action='store_true', default=False,
                        help='force use of train input size, even when test size is specified in pretrained cfg')
-    group.add_argument('--crop-pct', default=None, type=float, metavar='N',
-                       help='Input image center crop pct')
     group.add_argument('--crop-mode', default=None, type=str, metavar='N',
                        help='Input image crop mode (squash, border, center). Model default if None.')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
-                       help='Override mean pixel value of dataset')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
-                       help='Override std deviation of dataset')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME',
-                       help='Image resize interpolation type (overrides model)')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 
 
