@@ -1,9 +1,12 @@
 """Cost of a TENET training step against timm's ClassificationTask step on the same model and batch.
 
-Steps are timed interleaved (plain, TENET variants, plain, ...) so that machine noise hits all of
-them alike; medians are reported. A step is zero_grad + forward + backward + SGD update. On a CPU
-shared with other work, ``--threads 1 --cpu-time`` measures the process's CPU time instead of wall
-time, which other processes barely disturb.
+Rounds are timed interleaved (plain, TENET variants, plain, ...); in each round every variant runs
+three consecutive steps (one full period of the period-3 variant, so its cost is amortised exactly as
+in training) and each variant's time is divided by the plain time of the same round. The paired ratios
+cancel the slow drift of a shared machine; their median over the rounds is reported, with the median
+seconds per step. A step is zero_grad + forward + backward + SGD update. ``--threads 1 --cpu-time``
+measures the process's CPU time instead of wall time, which other processes disturb less (on a
+virtual machine, CPU time still varies by several percent from step to step: use enough rounds).
 
     python benchmarks/step_overhead.py --model resnet50 -b 16 --img-size 128
     python benchmarks/step_overhead.py --threads 1 --cpu-time          # on a busy machine
@@ -20,6 +23,8 @@ from timm.task import ClassificationTask
 
 from timm_tenet import TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
+
+_STEPS_PER_SAMPLE = 3  # one period of the period-3 variant
 
 
 def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
@@ -48,7 +53,7 @@ def main():
     parser.add_argument('-b', '--batch-size', type=int, default=16)
     parser.add_argument('--img-size', type=int, default=128)
     parser.add_argument('--stage', type=int, default=3)
-    parser.add_argument('--repeats', type=int, default=6)
+    parser.add_argument('--repeats', type=int, default=10, help='rounds (default: 10)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp-dtype', default=None, choices=[None, 'bfloat16', 'float16'])
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
@@ -76,7 +81,6 @@ def main():
     }
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     steps = {name: _step_fn(task.train(), optimizer, x, y, amp_dtype) for name, task in tasks.items()}
-    period_name = f'tenet stage {args.stage}, period 3'
 
     split = tasks[f'tenet stage {args.stage}, every step'].get_trainable_module().split
     with torch.no_grad():
@@ -87,32 +91,35 @@ def main():
         ids = group_channels(features, 6)
         reversed_mask(features, grads, ids, 6)
 
-    times: Dict[str, List[float]] = {name: [] for name in [*steps, 'grouping + mask']}
+    names = [*steps, 'grouping + mask']
+    seconds: Dict[str, List[float]] = {name: [] for name in names}  # per step
+    ratios: Dict[str, List[float]] = {name: [] for name in names}  # to the same round's plain step
     for step in steps.values():  # warm-up
         step()
     for _ in range(args.repeats):
         for name, step in steps.items():
-            if name == period_name:  # three consecutive calls: one TENET step, two plain, amortised
-                times[name].append(sum(_timed(step, device, clock) for _ in range(3)) / 3)
-            else:
-                times[name].append(_timed(step, device, clock))
-        times['grouping + mask'].append(_timed(mask_only, device, clock))
+            seconds[name].append(sum(_timed(step, device, clock) for _ in range(_STEPS_PER_SAMPLE)) / _STEPS_PER_SAMPLE)
+        seconds['grouping + mask'].append(_timed(mask_only, device, clock))
+        for name in names:
+            ratios[name].append(seconds[name][-1] / seconds['plain'][-1])
 
-    plain = statistics.median(times['plain'])
     results = {
         'model': args.model, 'batch_size': args.batch_size, 'img_size': args.img_size, 'device': str(device),
         'threads': torch.get_num_threads(), 'clock': 'cpu' if args.cpu_time else 'wall', 'amp_dtype': args.amp_dtype,
-        'feature_shape': list(features.shape),
+        'feature_shape': list(features.shape), 'rounds': args.repeats,
         'rows': [
-            {'what': name, 'median_s': round(statistics.median(t), 4), 'x_plain': round(statistics.median(t) / plain, 3)}
-            for name, t in times.items()
+            {'what': name, 'median_s': round(statistics.median(seconds[name]), 4),
+             'x_plain': round(statistics.median(ratios[name]), 3),
+             'x_plain_quartiles': [round(q, 3) for q in statistics.quantiles(ratios[name], n=4)[::2]]}
+            for name in names
         ],
     }
     print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, {device}, {torch.get_num_threads()} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time, inhibited map {tuple(features.shape)}")
-    print(f"{'what':<32} {'median s':>9} {'x plain step':>13}")
+    print(f"{'what':<32} {'median s':>9} {'x plain step':>13} {'quartiles':>15}")
     for row in results['rows']:
-        print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f}")
+        low, high = row['x_plain_quartiles']
+        print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f} {low:>7.3f}-{high:.3f}")
     if args.results_file:
         with open(args.results_file, 'w') as f:
             json.dump(results, f, indent=2)
