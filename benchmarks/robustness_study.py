@@ -29,12 +29,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from timm_tenet import cam
 from timm_tenet.attacks import parse_eps
-from timm_tenet.demo import evaluate_robustness
+from timm_tenet.demo import evaluate_robustness, train_recipe
 from timm_tenet.digits import prepare_digits
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.training import run_training, training_errors
+from timm_tenet.training import training_errors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {'baseline': 'digits_resnet18.yaml', 'TENET': 'digits_resnet18_tenet.yaml'}
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -56,25 +54,19 @@ def _run(what: str, fn: Callable[[], None], log_path: str) -> float:
     """Run one part in this process (the runs share one interpreter start-up), logged to ``log_path``;
     returns the seconds taken."""
     start = time.time()
-    with _logged_to(log_path):
-        try:
+    try:
+        with _logged_to(log_path):
             fn()
-        except (*training_errors(), SystemExit, RuntimeError) as e:
-            failure = e
-        else:
-            failure = None
-    if failure is not None:
-        raise SystemExit(f'{what} failed ({failure}); see {log_path}')
+    except (*training_errors(), SystemExit, RuntimeError) as e:
+        raise SystemExit(f'{what} failed ({e}); see {log_path}') from e
     return time.time() - start
 
 
 def train(variant: str, seed: int, output: str, epochs: Optional[int]) -> Dict[str, object]:
     experiment = f'{variant.lower()}_seed{seed}'
-    args, _ = parse_train_args([
-        '-c', os.path.join(REPO, 'hparams', VARIANTS[variant]), '--seed', str(seed), '--output', output,
-        '--experiment', experiment, '--log-interval', '1000', *(['--epochs', str(epochs)] if epochs else []),
-    ])
-    seconds = _run(f'training {experiment}', lambda: run_training(args), os.path.join(output, f'{experiment}.train.log'))
+    extra_args = ['--seed', str(seed), '--log-interval', '1000', *(['--epochs', str(epochs)] if epochs else [])]
+    seconds = _run(f'training {experiment}', lambda: train_recipe(Path(output), VARIANTS[variant], experiment, extra_args),
+                   os.path.join(output, f'{experiment}.train.log'))
     return {'run_dir': os.path.join(output, experiment), 'train_s': round(seconds, 1)}
 
 

@@ -21,7 +21,7 @@ from . import validation
 from .train_args import parse_train_args
 from .training import TrainResult, run_training, training_errors
 
-__all__ = ['DEFAULT_RECIPE', 'find_recipe', 'main', 'train_default']
+__all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'train_recipe']
 
 _logger = logging.getLogger('timm_tenet.demo')
 
@@ -36,9 +36,16 @@ def find_recipe(name: str = DEFAULT_RECIPE) -> Path:
     return path
 
 
-def train_default(output: Path, extra_args: Sequence[str] = ()) -> TrainResult:
-    """Train the embedded default into ``output/digits_resnet18_tenet``; returns the run's result."""
-    argv = ['-c', str(find_recipe()), '--output', str(output), '--experiment', 'digits_resnet18_tenet', *extra_args]
+def train_recipe(
+        output: Path,
+        recipe: str = DEFAULT_RECIPE,
+        experiment: Optional[str] = None,
+        extra_args: Sequence[str] = (),
+) -> TrainResult:
+    """Train a ``hparams/`` recipe into ``output/<experiment>`` (default: the recipe's name), ``extra_args``
+    appended to its command line; returns the run's result."""
+    path = find_recipe(recipe)
+    argv = ['-c', str(path), '--output', str(output), '--experiment', experiment or path.stem, *extra_args]
     args, _ = parse_train_args(argv)
     return run_training(args)
 
@@ -105,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines: Dict[str, List[str]] = {}
     start = time.time()
     try:
-        result = train_default(output, extra)
+        result = train_recipe(output, extra_args=extra)
     except training_errors() as e:
         _logger.error(f'error: {e}')
         return 1
