@@ -17,8 +17,8 @@ import sys
 import torch.distributed as dist
 from timm.utils import setup_default_logging
 
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.training import run_training, training_errors
+from timm_tenet.training.args import parse_train_args
+from timm_tenet.training.run import run_training, training_errors
 
 _logger = logging.getLogger('train')
 

@@ -13,7 +13,7 @@ written by ``train.py`` (file or output folder) all work.
 """
 import sys
 
-from timm_tenet.validation import main, summary_text, validate
+from timm_tenet.robustness.validation import main, summary_text, validate
 
 __all__ = ['main', 'summary_text', 'validate']
 

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-from timm_tenet import cam
-from timm_tenet.attacks import parse_eps
+from timm_tenet.robustness import cam
+from timm_tenet.robustness.attacks import parse_eps
 from timm_tenet.demo import evaluate_robustness, train_recipe
-from timm_tenet.digits import prepare_digits
-from timm_tenet.training import training_errors
+from timm_tenet.data.digits import prepare_digits
+from timm_tenet.training.run import training_errors
 
 VARIANTS = {'baseline': 'digits_resnet18.yaml', 'TENET': 'digits_resnet18_tenet.yaml'}
 SEVERITIES = (1, 2, 3, 4, 5)

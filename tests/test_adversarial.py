@@ -18,10 +18,10 @@ from safetensors.torch import load
 from timm.task import ClassificationTask
 
 from timm_tenet import TenetConfig, TenetTask
-from timm_tenet.adversarial import AdversarialConfig, AdversarialExamples, FreeAdversarialBatches, \
+from timm_tenet.training.adversarial import AdversarialConfig, AdversarialExamples, FreeAdversarialBatches, \
     adversarial_training
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.training import TrainingError, run_training
+from timm_tenet.training.args import parse_train_args
+from timm_tenet.training.run import TrainingError, run_training
 from test_hub import MiniHub, closed_port_url, hub_env
 
 REPO = Path(__file__).resolve().parent.parent

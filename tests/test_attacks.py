@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from timm_tenet.attacks import NormalizedModel, autoattack, create_attack, fgsm, parse_eps, pgd, robust_accuracy
+from timm_tenet.robustness.attacks import NormalizedModel, autoattack, create_attack, fgsm, parse_eps, pgd, robust_accuracy
 
 EPS = 8 / 255
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from timm_tenet.c_datasets import CifarCDataset, ImageNetCDataset, find_corruptions
-from timm_tenet.corruptions import corrupt
-from timm_tenet.make_c import main, make_c
+from timm_tenet.robustness.c_datasets import CifarCDataset, ImageNetCDataset, find_corruptions
+from timm_tenet.robustness.corruptions import corrupt
+from timm_tenet.robustness.make_c import main, make_c
 
 N = 3  # images per severity in the synthetic CIFAR-C folder
 

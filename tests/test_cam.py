@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 import timm_tenet  # noqa: F401  registers the CIFAR nets
-from timm_tenet import cam
-from timm_tenet.checkpoint import atomic_save
+from timm_tenet.robustness import cam
+from timm_tenet.utils.io import atomic_save
 
 pytest.importorskip('pytorch_grad_cam')
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from timm_tenet.corruptions import (
+from timm_tenet.robustness.corruptions import (
     ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CORRUPTIONS, corrupt, mce, mean_corruption_error, relative_mce)
 
 SIZES = {'cifar': (8, 32), 'imagenet': (2, 224)}  # batch, side: each constant set at its native resolution

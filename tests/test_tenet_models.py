@@ -11,7 +11,7 @@ import timm
 from timm.models import get_pretrained_cfg
 
 from timm_tenet import TENET_BASES, TenetConfig, base_architecture, create_tenet_model, get_tenet_config
-from timm_tenet.cifar import CifarResNet
+from timm_tenet.models.cifar import CifarResNet
 
 EXPECTED_STAGES = {
     'resnet18_tenet': 3,

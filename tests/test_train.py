@@ -14,8 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.training import run_training
+from timm_tenet.training.args import parse_train_args
+from timm_tenet.training.run import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 

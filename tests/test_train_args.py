@@ -4,9 +4,9 @@ import timm
 import yaml
 
 import timm_tenet  # noqa: F401  registers the _tenet models
-from timm_tenet.train_args import ConfigError, args_to_yaml, build_train_parser, load_config_defaults, \
+from timm_tenet.training.args import ConfigError, args_to_yaml, build_train_parser, load_config_defaults, \
     parse_train_args
-from timm_tenet.training import TrainingError, resolve_tenet_config
+from timm_tenet.training.run import TrainingError, resolve_tenet_config
 
 
 def _write(tmp_path, text, name='cfg.yaml'):

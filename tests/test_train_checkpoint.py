@@ -7,8 +7,9 @@ import torch
 from timm.scheduler import create_scheduler_v2
 
 from timm_tenet import TenetConfig, TenetTask
-from timm_tenet.checkpoint import AtomicCheckpointSaver, CheckpointError, load_checkpoint_file, load_model_weights, \
-    restore_training_state
+from timm_tenet.models import model_from_checkpoint
+from timm_tenet.training.checkpoint import AtomicCheckpointSaver, restore_training_state
+from timm_tenet.utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
 
 
 def _task(seed=0):
@@ -158,7 +159,6 @@ def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
 
 
 def test_model_from_checkpoint_rebuilds_the_recorded_model_from_a_file_or_output_folder(tmp_path):
-    from timm_tenet.checkpoint import model_from_checkpoint
     task = _task()
     optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.1)
     AtomicCheckpointSaver(task, optimizer, args={'model': 'test_resnet', 'num_classes': 3},

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from timm.data import create_loader
 
-from timm_tenet.digits import prepare_digits
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.train_data import DataError, SplitSubset, concat_splits_collate, count_skipped, \
+from timm_tenet.data.digits import prepare_digits
+from timm_tenet.training.args import parse_train_args
+from timm_tenet.data.dataset import DataError, SplitSubset, concat_splits_collate, count_skipped, \
     create_train_eval_datasets
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from timm_tenet import demo
-from timm_tenet.corruptions import CORRUPTIONS
+from timm_tenet.robustness.corruptions import CORRUPTIONS
 
 
 def test_demo_trains_the_digits_recipe_and_reports_accuracy(tmp_path, monkeypatch, capsys):

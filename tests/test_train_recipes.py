@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 import timm_tenet  # noqa: F401
-from timm_tenet.train_args import parse_train_args
-from timm_tenet.training import run_training
+from timm_tenet.training.args import parse_train_args
+from timm_tenet.training.run import run_training
 
 HPARAMS = Path(__file__).resolve().parent.parent / 'hparams'
 RECIPES = sorted(HPARAMS.glob('*.yaml'))

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import validation
-from .train_args import parse_train_args
-from .training import TrainResult, run_training, training_errors
+from .robustness import validation
+from .training.args import parse_train_args
+from .training.run import TrainResult, run_training, training_errors
 
 __all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'train_recipe']
 

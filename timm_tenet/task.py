@@ -13,24 +13,11 @@ from timm.utils import unwrap_model
 from .config import TenetConfig
 from .inhibition import group_channels, orthogonal_loss, reversed_mask
 from .split import ModelSplit
+from .utils.modes import eval_mode
 
-__all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite', 'eval_mode']
+__all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite']
 
 _logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (BatchNorm running stats, no dropout), then restore every module's mode."""
-    modules = list(model.modules())
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
 
 
 @contextmanager

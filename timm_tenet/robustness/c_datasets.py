@@ -95,7 +95,7 @@ class CifarCDataset(Dataset):
             raise ValueError(f'{images_path} holds {images.dtype} {images.shape}; expected uint8 (5N, H, W, 3) images.')
         if len(images) % 5:
             raise ValueError(f'{images_path} has {len(images)} images, not 5 severity blocks of N; '
-                             f'regenerate it with python -m timm_tenet.make_c.')
+                             f'regenerate it with python -m timm_tenet.robustness.make_c.')
         if len(labels) != len(images):
             raise ValueError(f'{labels_path} has {len(labels)} labels but {images_path} has {len(images)} images; '
                              f'they must match one to one (labels repeated for every severity).')

@@ -5,7 +5,7 @@ alone, 31.75% with TENET as well) comes from training on adversarial examples, s
 next to its TENET loss. Three methods, all L-inf and all in pixel space:
 
 - ``fgsm`` and ``pgd`` (Madry et al. 2018) replace every batch by adversarial examples of the model being
-  trained, made with :func:`timm_tenet.attacks.fgsm` / :func:`~timm_tenet.attacks.pgd` through the training
+  trained, made with :func:`timm_tenet.robustness.attacks.fgsm` / :func:`~timm_tenet.robustness.attacks.pgd` through the training
   loop's ``perturb`` hook (:class:`AdversarialExamples`). timm's loader hands out normalised inputs, so the
   hook maps them back to [0, 1] with the data config's mean and std, attacks a :class:`NormalizedModel` view
   of the model, and normalises the result again; ``eps = 8/255`` thus means eight grey levels whatever the
@@ -13,7 +13,7 @@ next to its TENET loss. Three methods, all L-inf and all in pixel space:
   many PGD training codes attack in train mode, but then every attack step updates the BatchNorm running
   statistics with perturbed batches (PGD-10 makes ten such updates per real step) and the batch statistics
   couple the samples' perturbations; the attacks here refuse train mode for the same reason (see
-  :mod:`timm_tenet.attacks`). The model is then trained, in train mode, on the examples only.
+  :mod:`timm_tenet.robustness.attacks`). The model is then trained, in train mode, on the examples only.
 - ``free`` (Shafahi et al. 2019, the TENET reference's ``train_adv_cifar``) trains on every batch
   ``replays`` times. One perturbation ``delta`` persists across replays and batches; each replay trains on
   ``clamp(x + delta, 0, 1)`` and then moves ``delta`` by ``step_size * sign(grad)`` of that replay's training
@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from .attacks import NormalizedModel, fgsm, pgd
-from .task import eval_mode
+from ..robustness.attacks import NormalizedModel, fgsm, pgd
+from ..utils.modes import eval_mode
 
 __all__ = ['ADV_METHODS', 'AdversarialConfig', 'AdversarialExamples', 'FreeAdversarialBatches',
            'adversarial_training', 'format_eps']

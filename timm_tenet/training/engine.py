@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from timm.utils import dispatch_clip_grad
 
-from .task import TenetTask, ensure_finite
+from ..task import TenetTask, ensure_finite
 
 __all__ = ['TENET_TERMS', 'Perturb', 'train_one_epoch', 'validate']
 

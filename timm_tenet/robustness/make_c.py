@@ -1,15 +1,15 @@
 """Write a corrupted copy of an image folder in the CIFAR-10-C (``.npy``) or ImageNet-C (folder) layout.
 
 The released -C sets exist only for CIFAR and ImageNet. This builds a fixed, reproducible -C set for
-any ``<class>/<image>`` folder with the on-the-fly corruptions of :mod:`timm_tenet.corruptions`, so
+any ``<class>/<image>`` folder with the on-the-fly corruptions of :mod:`timm_tenet.robustness.corruptions`, so
 that every model of a study is scored on the very same corrupted pixels and the result is read back
-by :mod:`timm_tenet.c_datasets` exactly like the released sets. Each (corruption, severity) draws its
+by :mod:`timm_tenet.robustness.c_datasets` exactly like the released sets. Each (corruption, severity) draws its
 noise from its own seeded generator, so a subset of corruptions reproduces the same pixels as a full
 run. Outputs are written under temporary names and renamed when complete: an interrupted run leaves
 no half-written array or severity folder behind.
 
 Usage:
-    python -m timm_tenet.make_c --data-dir DIR --out OUT --format cifar-c|imagenet-c \\
+    python -m timm_tenet.robustness.make_c --data-dir DIR --out OUT --format cifar-c|imagenet-c \\
         [--corruptions NAME ...] [--severities 1 2 ...] [--dataset cifar|imagenet] [--seed 0]
 """
 import argparse
@@ -130,7 +130,7 @@ def make_c(
         data_dir: Image folder with one sub-folder per class.
         out: Output folder (created).
         layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (PNG folders).
-        corruptions: Names from :data:`timm_tenet.corruptions.CORRUPTIONS`.
+        corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS`.
         severities: Severities to write (``'cifar-c'`` stacks all five).
         dataset: Severity constants, ``'cifar'`` or ``'imagenet'``; by default those matching ``layout``.
         seed: Base seed of the noise.

@@ -19,7 +19,7 @@ or ``'imagenet'`` (224 px). Where the original goes through a library, the tenso
 
 Not provided: glass_blur (sequential pixel swaps), motion_blur and snow (ImageMagick), frost (photo
 assets), fog (diamond-square fractal), elastic_transform; evaluate those on the released files
-(:mod:`timm_tenet.c_datasets`).
+(:mod:`timm_tenet.robustness.c_datasets`).
 
 mCE (ImageNet-C) divides a model's summed errors by AlexNet's; only AlexNet's per-corruption mean
 errors are published, so ``CE_c = sum_s E_s,c / (5 * alexnet_mean_error_c)``, which is the same number.

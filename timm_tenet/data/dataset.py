@@ -12,7 +12,7 @@ from PIL import Image
 from timm.data import create_dataset
 from timm.data.dataset import ImageDataset
 
-from ._errors import first_line
+from ..utils.errors import first_line
 from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [

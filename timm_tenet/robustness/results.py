@@ -3,7 +3,7 @@
 A result is one row (a dict of scalars), a list of rows, or a mapping of named sections, each a row
 or a list of rows (``{'clean': {...}, 'corruptions': [...], 'attacks': [...]}``). JSON keeps that
 structure; CSV flattens it to one row per line with a ``section`` column. Files are written atomically
-(:func:`timm_tenet._io.atomic_write_text`), so a reader never sees a half-written file and an interrupted
+(:func:`timm_tenet.utils.io.atomic_write_text`), so a reader never sees a half-written file and an interrupted
 run leaves the previous one intact.
 """
 import csv
@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ._io import atomic_write_text
+from ..utils.io import atomic_write_text
 
 __all__ = ['RESULT_FORMATS', 'Result', 'atomic_write_text', 'flatten_results', 'format_table', 'write_results']
 

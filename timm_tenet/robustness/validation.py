@@ -11,14 +11,14 @@ import torch
 from timm.data import create_loader, resolve_data_config
 from timm.utils import random_seed, setup_default_logging
 
-from .checkpoint import CheckpointError
+from ..utils.checkpoint import CheckpointError
 from .evaluate import EvaluationError, corruption_matrix, corruption_variants, create_eval_dataset, \
     create_eval_model, evaluate_attacks, evaluate_corruption_dir, evaluate_variants, fill_from_checkpoint_args, \
     load_eval_checkpoint, load_valid_labels, parse_attacks, parse_corruptions, parse_eps_list, parse_severities, \
     plan_corruption_dir, split_list, summarize_corruptions, wrap_for_eval
 from .results import format_table, write_results
-from .train_args import ConfigError
-from .validate_args import parse_validate_args
+from ..training.args import ConfigError
+from .args import parse_validate_args
 
 __all__ = ['main', 'summary_text', 'validate']
 

@@ -21,17 +21,18 @@ from timm.task import ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, \
     trim_summary, update_summary
 
-from ._errors import first_line
+from ..utils.errors import first_line
 from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training, format_eps
-from .attacks import parse_eps
-from .checkpoint import AtomicCheckpointSaver, CheckpointError, atomic_write_text, load_checkpoint_file, \
-    load_model_weights, restore_training_state
-from .config import TenetConfig
+from ..robustness.attacks import parse_eps
+from ..utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
+from ..utils.io import atomic_write_text
+from .checkpoint import AtomicCheckpointSaver, restore_training_state
+from ..config import TenetConfig
 from .engine import Perturb, train_one_epoch, validate
-from .task import TenetTask
-from .tenet_models import create_tenet_model, get_tenet_config
-from .train_args import args_to_dict, args_to_yaml, build_train_parser, config_dests
-from .train_data import DataError, concat_splits_collate, count_skipped, create_train_eval_datasets
+from ..task import TenetTask
+from ..models.tenet_models import create_tenet_model, get_tenet_config
+from .args import args_to_dict, args_to_yaml, build_train_parser, config_dests
+from ..data.dataset import DataError, concat_splits_collate, count_skipped, create_train_eval_datasets
 
 __all__ = [
     'TENET_ARGS', 'TrainResult', 'TrainingError', 'create_task', 'resolve_adversarial_config', 'resolve_push_settings',
@@ -146,7 +147,7 @@ def resolve_push_settings(args: argparse.Namespace) -> None:
         args.push_use_ema = bool(args.model_ema)
     elif args.push_use_ema and not args.model_ema:
         raise TrainingError('--push-use-ema needs --model-ema (there are no EMA weights to push)')
-    from .hub import ExportError, HubError, check_push_ready
+    from ..hub import ExportError, HubError, check_push_ready
     try:
         check_push_ready(args.push_to_hub)
     except (ExportError, HubError) as e:
@@ -154,7 +155,7 @@ def resolve_push_settings(args: argparse.Namespace) -> None:
 
 
 def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
-    from .hub import ExportError, HubError, push_after_training
+    from ..hub import ExportError, HubError, push_after_training
     weights = 'EMA weights' if args.push_use_ema else 'weights'
     _logger.info(f"Pushing the {weights} of '{output_dir}' to the Hugging Face Hub as {args.push_to_hub}")
     try:
@@ -364,7 +365,7 @@ def run_training(
         args: argparse.Namespace,
         perturb: Optional[Perturb] = None,
 ) -> TrainResult:
-    """Train as ``train.py`` does with parsed ``args`` (see ``timm_tenet.train_args``).
+    """Train as ``train.py`` does with parsed ``args`` (see ``timm_tenet.training.args``).
 
     Args:
         args: Parsed arguments; updated in place with resolved values (device, lr, TENET settings, ...).
@@ -562,5 +563,5 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
 
 def training_errors() -> Tuple[type, ...]:
     """Exceptions ``train.py`` reports as one-line errors (exit status 1) rather than tracebacks."""
-    from .train_args import ConfigError
+    from .args import ConfigError
     return TrainingError, DataError, CheckpointError, ConfigError, FloatingPointError

@@ -175,7 +175,7 @@ def model_card(
     Args:
         config: The export's ``config.json`` (architecture, num_classes, pretrained_cfg, tenet).
         repo_id: Hub repository the card is for (``namespace/name``).
-        results: Result rows (see :func:`timm_tenet.export.read_results`), shown in tables.
+        results: Result rows (see :func:`timm_tenet.hub.export.read_results`), shown in tables.
         train_command: The command line that trained the model.
         train_args: Training arguments, shown as YAML (unset values dropped, local paths hidden).
         license: License of the weights (metadata ``license``).

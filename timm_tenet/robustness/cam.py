@@ -5,7 +5,7 @@ input | model A heatmap | model B heatmap for the same images and the same targe
 at a glance. Heatmaps come from the ``grad-cam`` package (an optional extra) on each model's last
 stage (or last block, with a token reshape, for ViT-style models).
 
-    python -m timm_tenet.cam --models output/train/baseline output/train/tenet --images DIR --out cam.png
+    python -m timm_tenet.robustness.cam --models output/train/baseline output/train/tenet --images DIR --out cam.png
 """
 import argparse
 import math
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data import resolve_data_config
 
-from .checkpoint import model_from_checkpoint
-from .split import stage_modules
-from .tenet_models import create_tenet_model
+from ..models import model_from_checkpoint
+from ..split import stage_modules
+from ..models.tenet_models import create_tenet_model
 
 __all__ = ['cam_target', 'grad_cams', 'load_images', 'render_cam_grid', 'main']
 

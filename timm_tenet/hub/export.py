@@ -1,7 +1,7 @@
 """Export a TENET training checkpoint as timm's Hugging Face Hub files, without uploading them.
 
 An export holds ``model.safetensors`` (no pickle), timm's ``config.json`` and a ``README.md`` model card
-(:mod:`timm_tenet.model_card`). ``config.json`` names the BASE architecture (``resnet50_tenet`` ->
+(:mod:`timm_tenet.hub.model_card`). ``config.json`` names the BASE architecture (``resnet50_tenet`` ->
 ``resnet50``), so stock timm loads the files and gives the same logits; the TENET model name and settings are
 in the card and in the extra ``tenet`` field of ``config.json``. The CIFAR bases (``cifar_resnet18``,
 ``cifar_resnext29_4x32d``) are registered by ``timm_tenet`` itself: their exports load only after
@@ -25,13 +25,13 @@ import timm
 from timm.models import get_pretrained_cfg, is_model, model_entrypoint, resolve_model_input_args, save_for_hf
 from timm.models._registry import get_arch_name
 
-from . import __version__
-from ._errors import first_line
-from .checkpoint import CheckpointError, checkpoint_args, classifier_outputs, extract_state_dict, is_state_dict, \
+from .. import __version__
+from ..utils.errors import first_line
+from ..utils.checkpoint import CheckpointError, checkpoint_args, classifier_outputs, extract_state_dict, is_state_dict, \
     load_checkpoint_file, recorded_args, state_dict_mismatch
-from .config import TenetConfig
+from ..config import TenetConfig
 from .model_card import DEFAULT_LICENSE, PAPER, dataset_ids, model_card
-from .tenet_models import TENET_BASES
+from ..models.tenet_models import TENET_BASES
 
 __all__ = [
     'CONFIG_NAME', 'CheckpointState', 'EXPORT_FILES', 'ExportError', 'check_repo_id', 'export_to_folder',
@@ -85,7 +85,7 @@ class CheckpointState:
 
 def load_checkpoint_state(checkpoint: Union[str, Path], use_ema: bool = False) -> CheckpointState:
     """Read a checkpoint with ``torch.load(weights_only=True)`` (``.safetensors`` files too), through
-    :mod:`timm_tenet.checkpoint`.
+    :mod:`timm_tenet.utils.checkpoint`.
 
     Takes what timm's checkpoint saver writes (a dict with ``state_dict``, ``arch``, optionally
     ``state_dict_ema``, ``args``, ``epoch``, ``metric``, ``task_state``) or a bare state dict.

@@ -2,8 +2,8 @@
 ``README.md``) in one commit, load exports with their TENET settings, and the ``python -m timm_tenet.hub``
 command line.
 
-Building the files is :mod:`timm_tenet.export` (with :mod:`timm_tenet.model_card` for the card); their
-public names are re-exported here, so ``timm_tenet.hub`` stays the one import for sharing weights.
+Building the files is :mod:`timm_tenet.hub.export` (with :mod:`timm_tenet.hub.model_card` for the card); their
+public names are re-exported by :mod:`timm_tenet.hub`, which stays the one import for sharing weights.
 
 Command line::
 
@@ -27,19 +27,14 @@ import timm
 from timm.models import parse_model_name
 from timm.utils import ParseKwargs
 
-from . import __version__
-from ._errors import first_line
-from .checkpoint import CheckpointError, resolve_checkpoint_path
-from .config import TenetConfig
-from .export import CONFIG_NAME, EXPORT_FILES, CheckpointState, ExportError, check_repo_id, export_to_folder, \
-    known_tenet_fields, load_checkpoint_state, read_results
-from .model_card import CARD_TAGS, DEFAULT_LICENSE, model_card
+from .. import __version__
+from ..utils.errors import first_line
+from ..utils.checkpoint import CheckpointError, resolve_checkpoint_path
+from ..config import TenetConfig
+from .export import CONFIG_NAME, EXPORT_FILES, ExportError, check_repo_id, export_to_folder, \
+    known_tenet_fields
+from .model_card import DEFAULT_LICENSE
 
-__all__ = [
-    'CARD_TAGS', 'CheckpointState', 'EXPORT_FILES', 'ExportError', 'HubError', 'check_push_ready', 'check_repo_id',
-    'create_model', 'export_to_folder', 'load_checkpoint_state', 'main', 'model_card', 'push', 'push_after_training',
-    'read_results',
-]
 
 _logger = logging.getLogger(__name__)
 

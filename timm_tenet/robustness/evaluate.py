@@ -21,14 +21,14 @@ import torch.nn as nn
 from timm.data import create_dataset
 from tqdm import tqdm
 
-from ._errors import first_line
+from ..utils.errors import first_line
 from .attacks import ATTACKS, NormalizedModel, create_attack, parse_eps, robust_accuracy
 from .c_datasets import SEVERITIES, CifarCDataset, ImageNetCDataset, find_corruptions
-from .checkpoint import checkpoint_args, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
+from ..utils.checkpoint import checkpoint_args, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
     resolve_checkpoint_path
 from .corruptions import ALEXNET_ERRORS, CORRUPTIONS, corrupt, mce, relative_mce
-from .digits import DIGITS_DATASET, prepare_digits
-from .tenet_models import create_tenet_model
+from ..data.digits import DIGITS_DATASET, prepare_digits
+from ..models.tenet_models import create_tenet_model
 
 __all__ = [
     'EvaluationError', 'HUB_PREFIXES', 'checkpoint_args', 'corruption_matrix', 'corruption_variants',
@@ -100,7 +100,7 @@ def parse_corruptions(values: Optional[Sequence[Any]]) -> Tuple[str, ...]:
 
 
 def parse_attacks(values: Optional[Sequence[Any]]) -> Tuple[str, ...]:
-    """Attack names for ``--attack``, checked against :data:`timm_tenet.attacks.ATTACKS`; with
+    """Attack names for ``--attack``, checked against :data:`timm_tenet.robustness.attacks.ATTACKS`; with
     ``autoattack``, fails now (not after the clean pass) when the optional package is missing."""
     names = tuple(dict.fromkeys(split_list(values)))
     for name in names:
@@ -132,15 +132,15 @@ def format_eps(eps: float) -> str:
 # Checkpoints, models, data
 
 def load_eval_checkpoint(path: str, use_ema: bool = False) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """Load a checkpoint (``weights_only``) for evaluation, through :mod:`timm_tenet.checkpoint`.
+    """Load a checkpoint (``weights_only``) for evaluation, through :mod:`timm_tenet.utils.checkpoint`.
 
     Args:
-        path: File or ``train.py`` output folder (:func:`~timm_tenet.checkpoint.resolve_checkpoint_path`).
+        path: File or ``train.py`` output folder (:func:`~timm_tenet.utils.checkpoint.resolve_checkpoint_path`).
         use_ema: Take ``state_dict_ema``; a checkpoint without EMA weights is an error, not a silent fallback.
 
     Returns:
         The file used, its model state dict (``module.`` prefixes removed) and its recorded training arguments
-        (:func:`~timm_tenet.checkpoint.checkpoint_args`).
+        (:func:`~timm_tenet.utils.checkpoint.checkpoint_args`).
 
     Raises:
         CheckpointError: one line for a missing, corrupt, truncated or foreign file.
@@ -635,7 +635,7 @@ def evaluate_attacks(
         device: Optional[torch.device] = None,
         progress: Optional[bool] = None,
 ) -> List[Dict[str, Any]]:
-    """Top-1 accuracy under each attack and radius (:func:`timm_tenet.attacks.robust_accuracy`).
+    """Top-1 accuracy under each attack and radius (:func:`timm_tenet.robustness.attacks.robust_accuracy`).
 
     Attacks run in float32 with autocast off, on [0, 1] inputs, with the model in eval mode (a model in
     train mode is refused). A sample counts as robust only when its clean prediction is right too.
@@ -643,7 +643,7 @@ def evaluate_attacks(
     Args:
         model: Classifier taking [0, 1] images (:func:`wrap_for_eval`), in eval mode.
         loader: ``(x, y)`` batches with ``x`` in [0, 1].
-        attacks: Names from :data:`timm_tenet.attacks.ATTACKS`.
+        attacks: Names from :data:`timm_tenet.robustness.attacks.ATTACKS`.
         eps: L-inf radii.
         steps: PGD steps.
         step_size: PGD step (default ``eps / 4``).

@@ -1,5 +1,5 @@
 """Command line of ``validate.py``: timm's validation flags (same names and dests) plus corruption and
-attack evaluation, and ``-c/--config`` YAML files read by :func:`timm_tenet.train_args.load_config_defaults`."""
+attack evaluation, and ``-c/--config`` YAML files read by :func:`timm_tenet.training.args.load_config_defaults`."""
 import argparse
 from typing import Optional, Sequence, Tuple
 
@@ -7,7 +7,7 @@ from timm.utils import ParseKwargs
 
 from .attacks import ATTACKS
 from .results import RESULT_FORMATS
-from .train_args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args, parse_args_with_config
+from ..training.args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args, parse_args_with_config
 
 __all__ = ['C_FORMATS', 'CORRUPTION_CONSTANTS', 'build_validate_parser', 'parse_validate_args']
 
@@ -142,6 +142,6 @@ def parse_validate_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.
 
     Returns:
         The namespace and its YAML text. A config key that is not a dest of this parser is a
-        :class:`timm_tenet.train_args.ConfigError`.
+        :class:`timm_tenet.training.args.ConfigError`.
     """
     return parse_args_with_config(build_validate_parser(), argv)

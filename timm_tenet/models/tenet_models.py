@@ -24,7 +24,7 @@ from timm.models._registry import get_arch_name
 from timm.utils import unwrap_model
 
 from . import cifar  # noqa: F401  registers the CIFAR base architectures copied below
-from .config import TenetConfig
+from ..config import TenetConfig
 
 __all__ = ['TENET_BASES', 'base_architecture', 'create_tenet_model', 'get_tenet_config']  # + each entrypoint fn
 

@@ -1,0 +1,149 @@
+"""Training checkpoints: resume a run from one, and save them atomically.
+
+Every ``*.pth.tar`` that :class:`AtomicCheckpointSaver` writes is first written completely to a
+hidden temporary file in the same folder, flushed to disk and then renamed over its target, and the
+ranked / ``model_best`` copies are hard links (or copies) made the same way. A process killed at any
+moment leaves the previous files intact; a stale temporary file is removed by the next saver.
+"""
+import argparse
+import glob
+import logging
+import os
+import shutil
+from typing import Any, Dict, Optional
+
+import torch
+from timm.models import clean_state_dict
+from timm.utils import CheckpointSaver, unwrap_model
+
+from ..utils.checkpoint import EMA_KEYS, CheckpointError, load_state_dict_checked
+from ..utils.errors import first_line
+from ..utils.io import TMP_MARK, atomic_save, tmp_path
+from .args import args_to_dict
+
+__all__ = ['AtomicCheckpointSaver', 'restore_training_state']
+
+_logger = logging.getLogger(__name__)
+
+
+def restore_training_state(
+        task: Any,
+        checkpoint: Dict[str, Any],
+        path: str,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        loss_scaler: Optional[Any] = None,
+        lr_scheduler: Optional[Any] = None,
+) -> Optional[int]:
+    """Restore model, TENET task state (the step counter), EMA, optimizer, AMP scaler and scheduler from
+    a checkpoint written by :class:`AtomicCheckpointSaver` (or by timm's ``train.py``).
+
+    Returns:
+        The epoch to continue at (the checkpoint's epoch + 1), or None when it records no epoch.
+    """
+    if not isinstance(checkpoint, dict) or not any(k in checkpoint for k in ('state_dict', 'model')):
+        raise CheckpointError(f"'{path}' is not a training checkpoint (no 'state_dict'); use --initial-checkpoint "
+                              f'to start from bare weights')
+    key = 'state_dict' if 'state_dict' in checkpoint else 'model'
+    state_dict = clean_state_dict(checkpoint[key])
+    load_state_dict_checked(task.get_eval_model(), state_dict, path)
+    task.load_task_state(checkpoint.get('task_state'))
+    if task.has_ema():
+        ema_state = next((checkpoint[k] for k in EMA_KEYS if checkpoint.get(k)), None)
+        if ema_state is not None:
+            load_state_dict_checked(task.get_eval_model(ema=True), clean_state_dict(ema_state), f'{path} (EMA)')
+            task.load_task_state(checkpoint.get('task_state_ema'), ema=True)
+        else:
+            _logger.warning(f"'{path}' has no EMA weights: the EMA restarts from the resumed model.")
+            load_state_dict_checked(task.get_eval_model(ema=True), state_dict, path)
+    try:
+        if optimizer is not None and 'optimizer' in checkpoint:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
+            loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+        if lr_scheduler is not None and checkpoint.get('scheduler'):
+            lr_scheduler.load_state_dict(checkpoint['scheduler'])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"optimizer/scaler/scheduler state in '{path}' does not fit this run "
+                              f'({first_line(e)}); pass --no-resume-opt to restore the weights only') from None
+    if 'epoch' not in checkpoint:
+        return None
+    epoch = int(checkpoint['epoch'])
+    return epoch + 1 if checkpoint.get('version', 1) > 1 else epoch
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """timm's ``CheckpointSaver`` (``last``, ``model_best``, top-k ``checkpoint-N``, recovery files and the
+    resumable ranking history) with every file written atomically, and the scheduler and the task
+    state (TENET step counter) in the checkpoint.
+
+    Args:
+        task: The training task; its ``get_checkpoint_state`` gives model, EMA and task state.
+        optimizer: Optimizer whose state is saved.
+        args: Plain dict of the run's arguments (saved as ``args``; a ``Namespace`` is converted).
+        amp_scaler: AMP loss scaler, if any.
+        lr_scheduler: timm scheduler, if any.
+        checkpoint_dir: Folder of the checkpoints.
+        recovery_dir: Folder of recovery checkpoints (default: ``checkpoint_dir``).
+        decreasing: A lower metric is better.
+        max_history: Ranked checkpoints kept.
+    """
+
+    def __init__(
+            self,
+            task: Any,
+            optimizer: torch.optim.Optimizer,
+            args: Optional[Dict[str, Any]] = None,
+            amp_scaler: Optional[Any] = None,
+            lr_scheduler: Optional[Any] = None,
+            checkpoint_dir: str = '',
+            recovery_dir: str = '',
+            decreasing: bool = False,
+            max_history: int = 10,
+    ):
+        if isinstance(args, argparse.Namespace):
+            args = args_to_dict(args)
+        super().__init__(
+            task.get_trainable_module(), optimizer, args=args, amp_scaler=amp_scaler,
+            checkpoint_dir=checkpoint_dir, recovery_dir=recovery_dir or checkpoint_dir,
+            decreasing=decreasing, max_history=max_history, unwrap_fn=unwrap_model, task=task)
+        self.lr_scheduler = lr_scheduler
+        for folder in {self.checkpoint_dir, self.recovery_dir}:
+            for stale in glob.glob(os.path.join(folder, f'.*{TMP_MARK}*')):
+                _logger.info(f'Removing unfinished temporary checkpoint {stale}')
+                os.remove(stale)
+
+    def _save(self, save_path, epoch, metric=None):
+        state = {
+            'epoch': epoch,
+            'arch': (self.args or {}).get('model') or type(unwrap_model(self.model)).__name__.lower(),
+            'optimizer': self.optimizer.state_dict(),
+            'version': 2,  # the epoch stored is complete: resume continues at epoch + 1
+        }
+        if self.args is not None:
+            state['args'] = self.args
+        if self.amp_scaler is not None:
+            state[self.amp_scaler.state_dict_key] = self.amp_scaler.state_dict()
+        if self.lr_scheduler is not None:
+            state['scheduler'] = self.lr_scheduler.state_dict()
+        state.update(self.task.get_checkpoint_state(unwrap_fn=self.unwrap_fn))
+        state.update(self.task.get_checkpoint_state(ema=True, unwrap_fn=self.unwrap_fn))
+        if metric is not None:
+            state['metric'] = metric
+        state['saver'] = self.state_dict(epoch, metric)
+        atomic_save(state, save_path)
+
+    def _replace(self, src, dst):
+        os.replace(src, dst)  # atomic on POSIX and Windows; never unlink dst first
+
+    def _duplicate(self, src, dst):
+        tmp = tmp_path(dst)  # a fresh name: nothing to clear first
+        if self.can_hardlink:
+            try:
+                os.link(src, tmp)
+            except (OSError, NotImplementedError):
+                self.can_hardlink = False
+        if not self.can_hardlink:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        if os.path.exists(tmp):  # rename() between two links of one file does nothing
+            os.remove(tmp)
