@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         args, _ = parse_train_args(argv)
         result = run_training(args)
     except training_errors() as e:
-        _logger.error(f'error: {e}')
+        _logger.error(str(e))
         return 1
     finally:
         if dist.is_initialized():

@@ -257,7 +257,8 @@ def test_free_training_makes_replays_times_the_updates_of_an_epoch(data_dir, tmp
 @pytest.mark.parametrize('extra, message', [
     (('--adv-train', 'pgd', '--adv-eps', 'abc'), "--adv-eps: cannot parse eps 'abc'"),
     (('--adv-train', 'free', '--adv-eps', '4/255', '--adv-replays', '0'), 'replays must be >= 1, got 0'),
-    (('--adv-train', 'pgd', '--adv-eps', '2'), r'eps must be in \(0, 1\]'),
+    (('--adv-train', 'pgd', '--adv-eps', '2'), r"--adv-eps: eps '2' is above 1"),
+    (('--adv-train', 'pgd', '--adv-eps', '0'), r'eps must be in \(0, 1\]'),
     (('--adv-train', 'pgd', '--adv-eps', '8/255', '--adv-step-size', '1/0'), "--adv-step-size: cannot parse eps"),
     (('--adv-train', 'mim', '--adv-eps', '8/255'), "--adv-train must be one of fgsm, pgd, free, got 'mim'"),
     (('--adv-train', 'pgd'), '--adv-train pgd needs --adv-eps'),
@@ -281,7 +282,7 @@ def test_train_script_reports_a_bad_eps_as_one_error_line(data_dir, tmp_path, ca
     spec.loader.exec_module(script)
     assert script.main(_argv(data_dir, tmp_path, '--adv-train', 'fgsm', '--adv-eps', 'abc')) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == ["error: --adv-eps: cannot parse eps 'abc': give a number or a fraction such as 8/255"]
+    assert errors == ["--adv-eps: cannot parse eps 'abc': give a number or a fraction such as 8/255"]
 
 
 def test_push_to_hub_offline_or_without_token_fails_before_training(data_dir, tmp_path):

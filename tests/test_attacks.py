@@ -1,3 +1,4 @@
+import re
 import sys
 
 import pytest
@@ -154,11 +155,21 @@ def test_parse_eps_accepts_numbers_and_fractions(text, value):
     assert parse_eps(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize('text', ['abc', '8/', '/255', '8/0', '8/255/2', '-0.1', 'nan', ''])
+@pytest.mark.parametrize('text', ['abc', '8/', '/255', '8/0', '8/255/2', 'nan', ''])
 def test_parse_eps_rejects_with_one_line_message(text):
     with pytest.raises(ValueError) as err:
         parse_eps(text)
     assert str(err.value) == f"cannot parse eps '{text}': give a number or a fraction such as 8/255"
+
+
+@pytest.mark.parametrize('text, message', [
+    ('-0.1', "eps must be >= 0, got '-0.1'"),
+    ('8', "eps '8' is above 1, but radii are in [0, 1] pixel units: write 8/255 for eight grey levels"),
+    ('300/255', "eps '300/255' is above 1"),
+])
+def test_parse_eps_refuses_negative_radii_and_grey_levels(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_eps(text)
 
 
 def test_unknown_attack_name_lists_choices():

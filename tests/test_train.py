@@ -136,7 +136,7 @@ def test_train_script_reports_setup_errors_in_one_line(tmp_path, caplog):
     script = _train_script()
     assert script.main(['--data-dir', str(tmp_path / 'missing'), '--model', 'test_resnet', '--output',
                         str(tmp_path)]) == 1
-    assert "error: data folder not found: '" in caplog.text
+    assert "data folder not found: '" in caplog.text
     caplog.clear()
     bad = tmp_path / 'bad.pth.tar'
     bad.write_bytes(b'garbage')

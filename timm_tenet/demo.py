@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = train_recipe(output, extra_args=extra)
     except training_errors() as e:
-        _logger.error(f'error: {e}')
+        _logger.error(str(e))
         return 1
     lines['train'] = _report(result, time.time() - start)
     if args.robustness:
@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results_file = evaluate_robustness(Path(result.output_dir), args.severities, args.attack_samples)
             lines['robustness'] = _robustness_report(results_file)
         except RuntimeError as e:
-            _logger.error(f'error: {e}')
+            _logger.error(str(e))
             return 1
     print('\n'.join(line for section in lines.values() for line in section))
     return 0

@@ -54,16 +54,26 @@ class NormalizedModel(nn.Module):
 
 
 def parse_eps(text: str) -> float:
-    """Parse an attack radius given as a number (``'0.03'``) or a fraction (``'8/255'``, ``'4 / 255'``)."""
+    """Parse an attack radius in [0, 1] pixel units, given as a number (``'0.03'``) or a fraction (``'8/255'``).
+
+    The one rule for every radius flag (``train.py --adv-eps``, ``validate.py --eps``, the step sizes): a
+    negative value, or one above 1 (grey levels given without ``/255``), is a one-line ``ValueError``.
+    """
     parts = str(text).split('/')
     try:
         values = [float(part) for part in parts]
     except ValueError:
         values = []
-    valid = len(values) in (1, 2) and all(math.isfinite(v) and v >= 0 for v in values)
-    if not valid or (len(values) == 2 and values[1] == 0):
+    if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values) or (len(values) == 2 and not values[1]):
         raise ValueError(f"cannot parse eps '{text}': give a number or a fraction such as 8/255")
-    return values[0] / values[1] if len(values) == 2 else values[0]
+    value = values[0] / values[1] if len(values) == 2 else values[0]
+    shown = str(text).strip()
+    if value < 0:
+        raise ValueError(f"eps must be >= 0, got '{shown}' (a radius is a size: write 8/255, not -8/255)")
+    if value > 1:
+        raise ValueError(f"eps '{shown}' is above 1, but radii are in [0, 1] pixel units: write 8/255 for eight grey "
+                         f"levels")
+    return value
 
 
 def _check_attackable(model: nn.Module, eps: float) -> None:

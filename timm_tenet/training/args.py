@@ -3,6 +3,7 @@ and ``-c/--config`` YAML files that set defaults and name any key they do not kn
 import argparse
 import difflib
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -464,6 +465,11 @@ def load_config_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str
     return config
 
 
+# argparse reads '-8/255' as an unknown option ("expected one argument" and the usage); numbers and fractions
+# starting with '-' are values, so that the eps flags can refuse them with their own one-line message
+_NEGATIVE_VALUE = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*/\s*\d*\.?\d+)?$')
+
+
 def parse_args_with_config(
         parser: argparse.ArgumentParser,
         argv: Optional[Sequence[str]] = None,
@@ -473,6 +479,7 @@ def parse_args_with_config(
     Returns:
         The parsed namespace and its YAML text (for ``args.yaml``).
     """
+    parser._negative_number_matcher = _NEGATIVE_VALUE  # private, but read by every Python 3 argparse
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument('-c', '--config', default='', type=str)
     config_args, _ = config_parser.parse_known_args(argv)
