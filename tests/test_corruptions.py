@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from timm_tenet.robustness.corruptions import (
-    ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CORRUPTIONS, corrupt, mce, mean_corruption_error, relative_mce)
+    ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, mce, mean_corruption_error,
+    relative_mce)
 
+ALL = CORRUPTIONS + EXTRA_CORRUPTIONS
 SIZES = {'cifar': (8, 32), 'imagenet': (2, 224)}  # batch, side: each constant set at its native resolution
 
 
@@ -33,7 +35,7 @@ def _from_pil(images) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('dataset', ['cifar', 'imagenet'])
-@pytest.mark.parametrize('name', CORRUPTIONS)
+@pytest.mark.parametrize('name', ALL)
 def test_severity_monotonically_moves_image_away_and_stays_in_range(name, dataset):
     x = _natural_images(*SIZES[dataset])
     distances = []
@@ -46,7 +48,7 @@ def test_severity_monotonically_moves_image_away_and_stays_in_range(name, datase
     assert distances[0] > 0
 
 
-@pytest.mark.parametrize('name', CORRUPTIONS)
+@pytest.mark.parametrize('name', ALL)
 def test_corruption_is_deterministic_with_seeded_generator(name):
     x = _natural_images(4, 32)
     first = corrupt(x, name, 3, generator=torch.Generator().manual_seed(5))
@@ -101,7 +103,7 @@ def test_gaussian_blur_equals_scipy():
 def test_unknown_corruption_lists_valid_names():
     with pytest.raises(ValueError) as err:
         corrupt(torch.rand(1, 3, 8, 8), 'fogg', 1)
-    assert str(err.value) == f"unknown corruption 'fogg'; choose one of {', '.join(CORRUPTIONS)}."
+    assert str(err.value) == f"unknown corruption 'fogg'; choose one of {', '.join(ALL)}."
 
 
 @pytest.mark.parametrize('severity', [0, 6, 2.5, True])
@@ -153,3 +155,13 @@ def test_mean_corruption_error_is_plain_mean_in_percent():
 def test_mce_rejects_bad_errors(errors, message):
     with pytest.raises(ValueError, match=message):
         mce(errors)
+
+
+@pytest.mark.parametrize('mode, numpy_mode', [('nearest', 'edge'), ('reflect101', 'reflect'),
+                                              ('symmetric', 'symmetric'), ('constant', 'constant')])
+def test_pad_border_modes_equal_numpy_including_wider_than_image(mode, numpy_mode):
+    from timm_tenet.robustness.corruptions._filters import pad
+    x = torch.arange(2 * 3 * 4, dtype=torch.float64).view(1, 2, 3, 4)
+    padding = (5, 2, 7, 1)  # left, right, top, bottom; 7 rows of padding on a 3-row image
+    expected = np.pad(x.numpy(), ((0, 0), (0, 0), (7, 1), (5, 2)), mode=numpy_mode)
+    torch.testing.assert_close(pad(x, padding, mode), torch.from_numpy(expected), rtol=0, atol=0)

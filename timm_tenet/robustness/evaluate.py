@@ -26,7 +26,7 @@ from .attacks import ATTACKS, NormalizedModel, create_attack, parse_eps, robust_
 from .c_datasets import SEVERITIES, CifarCDataset, ImageNetCDataset, find_corruptions
 from ..utils.checkpoint import checkpoint_args, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
     resolve_checkpoint_path
-from .corruptions import ALEXNET_ERRORS, CORRUPTIONS, corrupt, mce, relative_mce
+from .corruptions import ALEXNET_ERRORS, CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, mce, relative_mce
 from ..data.digits import DIGITS_DATASET, prepare_digits
 from ..models.tenet_models import create_tenet_model
 
@@ -43,7 +43,7 @@ _logger = logging.getLogger(__name__)
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 _NON_FOLDER_PREFIXES = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')
 # display order: ImageNet-C's noise, blur, weather, digital groups, then the extra corruptions
-_ORDER = {name: i for i, name in enumerate(list(ALEXNET_ERRORS) + [c for c in CORRUPTIONS if c not in ALEXNET_ERRORS])}
+_ORDER = {name: i for i, name in enumerate(list(ALEXNET_ERRORS) + list(EXTRA_CORRUPTIONS))}
 
 
 class EvaluationError(ValueError):
@@ -84,15 +84,16 @@ def parse_severities(values: Optional[Sequence[Any]]) -> Tuple[int, ...]:
 
 
 def parse_corruptions(values: Optional[Sequence[Any]]) -> Tuple[str, ...]:
-    """Names for ``--corrupt`` (``'all'`` = every on-the-fly corruption), checked against :data:`CORRUPTIONS`."""
+    """Names for ``--corrupt`` (``'all'`` = the on-the-fly benchmark corruptions, :data:`CORRUPTIONS`), checked
+    against :data:`CORRUPTIONS` and :data:`EXTRA_CORRUPTIONS`."""
     names: List[str] = []
     for name in split_list(values):
         if name == 'all':
             names.extend(CORRUPTIONS)
-        elif name not in CORRUPTIONS:
+        elif name not in CORRUPTIONS + EXTRA_CORRUPTIONS:
             released = f" ('{name}' exists only in the released -C sets: use --corruption-dir)" \
                 if name in ALEXNET_ERRORS else ''
-            raise EvaluationError(f"unknown corruption '{name}'{released}; choose one of {', '.join(CORRUPTIONS)} "
+            raise EvaluationError(f"unknown corruption '{name}'{released}; choose one of {', '.join(CORRUPTIONS + EXTRA_CORRUPTIONS)} "
                                   f"or all")
         else:
             names.append(name)

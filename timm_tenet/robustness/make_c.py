@@ -27,7 +27,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from .c_datasets import SEVERITIES
-from .corruptions import CORRUPTIONS, corrupt
+from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 
 __all__ = ['make_c', 'main']
 
@@ -130,7 +130,7 @@ def make_c(
         data_dir: Image folder with one sub-folder per class.
         out: Output folder (created).
         layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (PNG folders).
-        corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS`.
+        corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS` or ``EXTRA_CORRUPTIONS``.
         severities: Severities to write (``'cifar-c'`` stacks all five).
         dataset: Severity constants, ``'cifar'`` or ``'imagenet'``; by default those matching ``layout``.
         seed: Base seed of the noise.
@@ -141,9 +141,10 @@ def make_c(
     """
     if layout not in FORMATS:
         raise ValueError(f"unknown -C layout '{layout}'; choose one of {', '.join(FORMATS)}.")
-    unknown = [name for name in corruptions if name not in CORRUPTIONS]
+    unknown = [name for name in corruptions if name not in CORRUPTIONS + EXTRA_CORRUPTIONS]
     if unknown:
-        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; choose from {', '.join(CORRUPTIONS)}.")
+        raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(CORRUPTIONS + EXTRA_CORRUPTIONS)}.")
     if any(s not in SEVERITIES for s in severities):
         raise ValueError(f'severities must be integers from 1 to 5, got {list(severities)}.')
     if layout == 'cifar-c' and sorted(severities) != list(SEVERITIES):
@@ -177,8 +178,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--format', dest='layout', required=True, choices=FORMATS,
                         help='CIFAR-10-C .npy arrays or ImageNet-C folders')
-    parser.add_argument('--corruptions', nargs='+', default=list(CORRUPTIONS), metavar='NAME', choices=CORRUPTIONS,
-                        help='corruptions to write (default: all)')
+    parser.add_argument('--corruptions', nargs='+', default=list(CORRUPTIONS), metavar='NAME',
+                        choices=CORRUPTIONS + EXTRA_CORRUPTIONS,
+                        help='corruptions to write (default: the benchmark ones)')
     parser.add_argument('--severities', nargs='+', type=int, default=list(SEVERITIES), choices=SEVERITIES,
                         help='severities to write (default: 1 2 3 4 5)')
     parser.add_argument('--dataset', choices=('cifar', 'imagenet'), default=None,

@@ -1,0 +1,170 @@
+"""Common corruptions of ImageNet-C / CIFAR-10-C applied on the fly to image batches, and the mCE metrics.
+
+The released CIFAR-10-C / ImageNet-C sets are fixed files; generating the same corruptions on the fly
+lets any dataset (or a validation loader) be evaluated without them. Every corruption is a batched
+tensor op on the input's device, reproducing the functions of Hendrycks & Dietterich (ICLR 2019,
+``make_cifar_c.py`` and ``make_imagenet_c.py``) with their severity constants: pick them with
+``dataset='cifar'`` (32 px) or ``'imagenet'`` (224 px). The functions live by family in
+:mod:`.noise`, :mod:`.blur`, :mod:`.weather` and :mod:`.digital`; this module holds the registry
+(:data:`CORRUPTIONS`, the benchmark's 15 in its order, and :data:`EXTRA_CORRUPTIONS`, the paper's 4 others),
+:func:`corrupt` and the metrics. Corruptions not yet available here are evaluated on the released files
+(:mod:`timm_tenet.robustness.c_datasets`).
+
+mCE (ImageNet-C) divides a model's summed errors by AlexNet's; only AlexNet's per-corruption mean
+errors are published, so ``CE_c = sum_s E_s,c / (5 * alexnet_mean_error_c)``, which is the same number.
+CIFAR papers report the plain mean error instead (:func:`mean_corruption_error`).
+"""
+import numbers
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from .blur import defocus_blur, gaussian_blur, zoom_blur
+from .digital import contrast, jpeg_compression, pixelate
+from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from .weather import brightness
+
+__all__ = [
+    'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'ALEXNET_ERRORS', 'ALEXNET_CLEAN_ERROR', 'corrupt', 'mce',
+    'relative_mce', 'mean_corruption_error']
+
+# AlexNet's ImageNet-C error per corruption, averaged over the 5 severities (Hendrycks & Dietterich 2019).
+ALEXNET_ERRORS: Dict[str, float] = {
+    'gaussian_noise': 0.886428, 'shot_noise': 0.894468, 'impulse_noise': 0.922640,
+    'defocus_blur': 0.819880, 'glass_blur': 0.826268, 'motion_blur': 0.785948, 'zoom_blur': 0.798360,
+    'snow': 0.866816, 'frost': 0.826572, 'fog': 0.819324,
+    'brightness': 0.564592, 'contrast': 0.853204, 'elastic_transform': 0.646056, 'pixelate': 0.717840,
+    'jpeg_compression': 0.606500,
+}
+# Clean top-1 error of the AlexNet that Hendrycks' ImageNet-C test.py evaluates (torchvision's
+# alexnet-owt-4df8aa71, 56.522% top-1 accuracy); the paper's table rounds it to 43.5.
+ALEXNET_CLEAN_ERROR = 0.43478
+
+_DATASETS = ('cifar', 'imagenet')
+
+
+class _Corruption(NamedTuple):
+    fn: Callable[..., torch.Tensor]  # (x, params, generator) -> corrupted x, unclipped
+    cifar: Sequence  # severity 1..5 constants of make_cifar_c.py (32 px)
+    imagenet: Sequence  # severity 1..5 constants of make_imagenet_c.py (224 px)
+
+
+# The benchmark's corruptions in its order (noise, blur, weather, digital).
+_BENCHMARK: Dict[str, _Corruption] = {
+    'gaussian_noise': _Corruption(gaussian_noise, (0.04, 0.06, 0.08, 0.09, 0.10), (0.08, 0.12, 0.18, 0.26, 0.38)),
+    'shot_noise': _Corruption(shot_noise, (500, 250, 100, 75, 50), (60, 25, 12, 5, 3)),
+    'impulse_noise': _Corruption(impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07), (0.03, 0.06, 0.09, 0.17, 0.27)),
+    'defocus_blur': _Corruption(
+        defocus_blur,
+        ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
+        ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))),
+    'zoom_blur': _Corruption(
+        zoom_blur,
+        ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),
+        ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03))),
+    'brightness': _Corruption(brightness, (0.05, 0.1, 0.15, 0.2, 0.3), (0.1, 0.2, 0.3, 0.4, 0.5)),
+    'contrast': _Corruption(contrast, (0.75, 0.5, 0.4, 0.3, 0.15), (0.4, 0.3, 0.2, 0.1, 0.05)),
+    'pixelate': _Corruption(pixelate, (0.95, 0.9, 0.85, 0.75, 0.65), (0.6, 0.5, 0.4, 0.3, 0.25)),
+    'jpeg_compression': _Corruption(jpeg_compression, (80, 65, 58, 50, 40), (25, 18, 15, 10, 7)),
+}
+# The paper's extra corruptions (not part of mCE).
+_EXTRA: Dict[str, _Corruption] = {
+    'speckle_noise': _Corruption(speckle_noise, (0.06, 0.1, 0.12, 0.16, 0.2), (0.15, 0.2, 0.35, 0.45, 0.6)),
+    'gaussian_blur': _Corruption(gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0), (1, 2, 3, 4, 6)),
+}
+_REGISTRY: Dict[str, _Corruption] = {**_BENCHMARK, **_EXTRA}
+CORRUPTIONS: Tuple[str, ...] = tuple(_BENCHMARK)
+EXTRA_CORRUPTIONS: Tuple[str, ...] = tuple(_EXTRA)
+
+
+def corrupt(
+        x: torch.Tensor,
+        name: str,
+        severity: int,
+        generator: Optional[torch.Generator] = None,
+        dataset: str = 'cifar',
+) -> torch.Tensor:
+    """Apply corruption ``name`` at ``severity`` to a batch, on its device.
+
+    Args:
+        x: Float images B x C x H x W in [0, 1].
+        name: One of :data:`CORRUPTIONS` or :data:`EXTRA_CORRUPTIONS`.
+        severity: 1 (mild) to 5 (strong).
+        generator: Random source of the random corruptions, on ``x``'s device, for reproducible output.
+        dataset: Severity constants of ``'cifar'`` (CIFAR-10-C, 32 px) or ``'imagenet'`` (ImageNet-C, 224 px).
+
+    Returns:
+        Corrupted images, same shape and dtype as ``x``, in [0, 1].
+
+    Examples:
+
+        ```python
+        g = torch.Generator().manual_seed(0)
+        noisy = corrupt(torch.rand(4, 3, 32, 32), 'gaussian_noise', 3, generator=g)
+        ```
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown corruption '{name}'; choose one of {', '.join(_REGISTRY)}.")
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
+        raise ValueError(f'corruption severity must be an integer from 1 to 5, got {severity!r}.')
+    if dataset not in _DATASETS:
+        raise ValueError(f"corruption dataset must be 'cifar' or 'imagenet', got '{dataset}'.")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f'corrupt() takes a float B x C x H x W batch in [0, 1], got {x.dtype} of shape '
+                         f'{tuple(x.shape)}; add a batch dimension or convert with .float() / 255.')
+    entry = _REGISTRY[name]
+    params = (entry.cifar if dataset == 'cifar' else entry.imagenet)[severity - 1]
+    return entry.fn(x.float(), params, generator).clamp_(0, 1).to(x.dtype)
+
+
+def _check_errors(errors: Mapping[str, Sequence[float]], known: Sequence[str]) -> None:
+    if not errors:
+        raise ValueError('no corruption errors given; pass {corruption: [error at severity 1..5]}.')
+    for name, errs in errors.items():
+        if name not in known:
+            raise ValueError(f"unknown corruption '{name}' in errors; AlexNet references exist for {', '.join(known)}.")
+        if len(errs) != 5:
+            raise ValueError(f"'{name}' has {len(errs)} errors; give one per severity 1..5.")
+        if not all(0 <= e <= 1 for e in errs):
+            raise ValueError(f"'{name}' errors {list(errs)} are not fractions in [0, 1]; divide percentages by 100.")
+
+
+def mce(errors: Mapping[str, Sequence[float]]) -> float:
+    """ImageNet-C mean Corruption Error, in percent (AlexNet = 100).
+
+    ``CE_c = sum_s E_s,c / sum_s E^AlexNet_s,c``, averaged over the corruptions given; the published mCE
+    uses the 15 of :data:`ALEXNET_ERRORS`.
+
+    Args:
+        errors: ``{corruption: [top-1 error at severity 1, ..., 5]}`` as fractions.
+    """
+    _check_errors(errors, tuple(ALEXNET_ERRORS))
+    ces = [sum(errs) / (5 * ALEXNET_ERRORS[name]) for name, errs in errors.items()]
+    return 100.0 * sum(ces) / len(ces)
+
+
+def relative_mce(
+        errors: Mapping[str, Sequence[float]],
+        clean_error: float,
+        alexnet_clean_error: float = ALEXNET_CLEAN_ERROR,
+) -> float:
+    """ImageNet-C relative mCE, in percent (AlexNet = 100): the degradation beyond the clean error.
+
+    ``rCE_c = sum_s (E_s,c - E_clean) / sum_s (E^AlexNet_s,c - E^AlexNet_clean)``, averaged over corruptions.
+
+    Args:
+        errors: ``{corruption: [top-1 error at severity 1, ..., 5]}`` as fractions.
+        clean_error: The model's clean top-1 error, a fraction.
+        alexnet_clean_error: AlexNet's clean top-1 error.
+    """
+    _check_errors(errors, tuple(ALEXNET_ERRORS))
+    ces = [(sum(errs) - 5 * clean_error) / (5 * (ALEXNET_ERRORS[name] - alexnet_clean_error))
+           for name, errs in errors.items()]
+    return 100.0 * sum(ces) / len(ces)
+
+
+def mean_corruption_error(errors: Mapping[str, Sequence[float]]) -> float:
+    """CIFAR-10-C / CIFAR-100-C convention: plain mean error over corruptions x severities, in percent."""
+    _check_errors(errors, tuple(errors))
+    values = [e for errs in errors.values() for e in errs]
+    return 100.0 * sum(values) / len(values)
