@@ -1,48 +1,24 @@
 """TENET as a timm training task: one joint loss per step, both passes inside one module forward."""
 import logging
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import group_parameters
-from timm.task import ClassificationTask
 from timm.utils import unwrap_model
 
 from .config import TenetConfig
 from .inhibition import group_channels, orthogonal_loss, reversed_mask
-from .split import ModelSplit
-from .utils.modes import eval_mode
+from .split_task import SplitModule, SplitTask, is_soft
 
 __all__ = ['TenetTask', 'TenetTrainableModule', 'ensure_finite']
 
 _logger = logging.getLogger(__name__)
 
 
-@contextmanager
-def _frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Normalise with batch statistics as in training, without updating running statistics."""
-    tracking = [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-    ]
-    for m in tracking:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in tracking:
-            m.track_running_stats = True
-
-
-def _is_soft(target: torch.Tensor) -> bool:
-    return target.is_floating_point() and target.ndim == 2
-
-
 def _per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
-    if _is_soft(target):
+    if is_soft(target):
         return -(target * logits.log_softmax(-1)).sum(-1)
     return F.cross_entropy(logits, target, reduction='none')
 
@@ -59,7 +35,7 @@ def ensure_finite(loss: torch.Tensor, step: int) -> None:
             f'these weights; lower the learning rate, enable --clip-grad, or resume from the last checkpoint.')
 
 
-class TenetTrainableModule(nn.Module):
+class TenetTrainableModule(SplitModule):
     """The model plus everything TENET runs through it in one ``forward``, so that DDP sees one forward.
 
     A TENET step computes ``A = F(x)`` once, the clean logits ``D(A)``, the gradient of the chosen
@@ -73,26 +49,9 @@ class TenetTrainableModule(nn.Module):
     """
 
     def __init__(self, model: nn.Module, cfg: TenetConfig):
-        super().__init__()
-        self.model = model
+        super().__init__(model, cfg.stage)
         self.cfg = cfg
-        self.split = ModelSplit(model, cfg.stage)
-        self.compiled_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self._channels_checked = False
-
-    def no_weight_decay(self):
-        model = unwrap_model(self.model)
-        if not hasattr(model, 'no_weight_decay'):
-            return set()
-        return {'model.' + name for name in model.no_weight_decay()}
-
-    def group_matcher(self, coarse: bool = False):
-        model = unwrap_model(self.model)
-        if not hasattr(model, 'group_matcher'):
-            return {}
-        layer_map = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
-        last_layer = max(layer_map.values(), default=0)
-        return lambda name: layer_map.get(name[len('model.'):], last_layer)
 
     def _check_channels(self, maps: torch.Tensor) -> None:
         if not self._channels_checked:
@@ -103,18 +62,6 @@ class TenetTrainableModule(nn.Module):
                     f'{self.cfg.stage} of {type(self.model).__name__}; use at most {num_channels} groups.')
             self._channels_checked = True
 
-    def _logit_gradient(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``dL_d/dA`` with ``L_d`` the summed logits of the chosen classes, ``D`` in eval mode."""
-        probe = features.detach().requires_grad_(True)
-        with eval_mode(self.model), torch.enable_grad():
-            logits = self.split.rest(probe).float()
-            if _is_soft(target):
-                chosen = (logits * target).sum()
-            else:
-                chosen = logits.gather(1, target.unsqueeze(1)).sum()
-            (grad,) = torch.autograd.grad(chosen, probe)
-        return grad
-
     def forward(
             self,
             input: torch.Tensor,
@@ -123,7 +70,7 @@ class TenetTrainableModule(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """Clean logits (``output``), and on a TENET step the ``inhibited`` logits, the per-sample
         ``selected`` weights (1 where inhibition applies) and per-sample ``orth`` loss."""
-        features = (self.compiled_features or self.split.features)(input)
+        features = self.features(input)
         output = self.split.rest(features)
         maps = self.split.to_maps(features)
         self._check_channels(maps)
@@ -131,7 +78,7 @@ class TenetTrainableModule(nn.Module):
             return {'output': output}
 
         cfg = self.cfg
-        labels = target.argmax(-1) if _is_soft(target) else target
+        labels = target.argmax(-1) if is_soft(target) else target
         prediction = output.detach().argmax(-1)
         if cfg.only_correct:
             selected = (prediction == labels).float()
@@ -140,19 +87,17 @@ class TenetTrainableModule(nn.Module):
         chosen = target if cfg.target == 'label' else prediction
 
         group_ids = group_channels(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
-        grads = self.split.to_maps(self._logit_gradient(features, chosen))
+        grads = self.split.to_maps(self.logit_gradient(features, chosen)[0])
         mask = reversed_mask(maps, grads, group_ids, cfg.num_groups)
-        with _frozen_batchnorm_stats(self.model):
-            inhibited = self.split.rest(self.split.apply_mask(features, mask))
         return {
             'output': output,
-            'inhibited': inhibited,
+            'inhibited': self.masked_logits(features, mask),
             'selected': selected,
             'orth': orthogonal_loss(maps, group_ids, cfg.num_groups, reduction='none'),
         }
 
 
-class TenetTask(ClassificationTask):
+class TenetTask(SplitTask):
     """TENET training (group-wise inhibition feature regularisation, ICCV 2021) as a timm task.
 
     Every step computes the clean loss with ``criterion``. After ``cfg.warmup_steps`` training forward
@@ -196,24 +141,6 @@ class TenetTask(ClassificationTask):
         self.step = 0
         if verbose:
             _logger.info(f'TenetTask: {self.cfg}')
-
-    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
-        """Compile ``F`` and the eval model; ``D`` stays eager because its input gradient is taken with
-        ``torch.autograd.grad``, which a compiled graph cannot contain."""
-        trainable = unwrap_model(self.trainable_module)
-        trainable.compiled_features = torch.compile(
-            trainable.split.features, backend=backend, mode=mode, **compile_kwargs)
-        self.eval_model = torch.compile(trainable.model, backend=backend, mode=mode, **compile_kwargs)
-        return self.eval_model
-
-    def get_eval_model(self, module: Optional[nn.Module] = None, ema: bool = False) -> Optional[nn.Module]:
-        """The bare model, so checkpoint and EMA keys are the base model's keys."""
-        current = resolved = super().get_eval_model(module=module, ema=ema)
-        while current is not None:
-            if isinstance(current, TenetTrainableModule):
-                return current.model
-            current = getattr(current, 'module', None)
-        return resolved
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
         return {'tenet_step': self.step, 'tenet_cfg': self.cfg.to_dict()}
