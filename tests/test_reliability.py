@@ -65,3 +65,50 @@ def test_a_negative_adv_eps_is_parsed_and_refused_in_one_line(tmp_path):
     assert _error_lines(proc) == [
         "ERROR: --adv-eps: eps must be >= 0, got '-8/255' (a radius is a size: write 8/255, not -8/255)"]
     assert not (tmp_path / 'run').exists()
+
+
+# 9: the command-line tools end in one error line
+
+def _images(root, broken=False):
+    for label in ('0', '1'):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * int(label), dtype=np.uint8)).save(root / label / 'a.png')
+    if broken:
+        (root / '1' / 'b.png').write_bytes(b'not a png')
+    return root
+
+
+def test_cam_reports_a_corrupt_checkpoint_an_empty_folder_and_a_broken_image_in_one_line(tmp_path, capsys):
+    pytest.importorskip('pytorch_grad_cam')
+    from timm_tenet.robustness import cam
+    corrupt = tmp_path / 'model.pth.tar'
+    corrupt.write_bytes(b'garbage')
+    proc = _script('-m', 'timm_tenet.robustness.cam', '--models', corrupt, '--images', _images(tmp_path / 'ok'),
+                   '--out', tmp_path / 'cam.png')
+    assert proc.returncode == 1, proc.stderr
+    assert _error_lines(proc) == [f"error: '{corrupt}' is not a PyTorch checkpoint: it is corrupt or not a PyTorch "
+                                  f"file (unreadable pickle: Unsupported operand 103)"]
+    (tmp_path / 'empty').mkdir()
+    for images, message in ((tmp_path / 'empty', 'no images'), (_images(tmp_path / 'broken', broken=True),
+                                                                 "cannot read image '")):
+        with pytest.raises(SystemExit) as info:
+            cam.main(['--models', 'test_resnet', '--images', str(images), '--out', str(tmp_path / 'cam.png')])
+        assert str(info.value).startswith(f'error: {message}') and '\n' not in str(info.value)
+    assert not (tmp_path / 'cam.png').exists()
+
+
+def test_make_c_reports_a_broken_image_or_an_empty_folder_in_one_line_and_says_what_it_wrote(tmp_path, capsys):
+    from timm_tenet.robustness import make_c
+    proc = _script('-m', 'timm_tenet.robustness.make_c', '--data-dir', _images(tmp_path / 'broken', broken=True),
+                   '--out', tmp_path / 'c', '--format', 'cifar-c', '--corruptions', 'contrast')
+    assert proc.returncode == 1 and _error_lines(proc) == [
+        f"error: cannot read image '{tmp_path / 'broken' / '1' / 'b.png'}': cannot identify image file "
+        f"'{tmp_path / 'broken' / '1' / 'b.png'}'"], proc.stderr
+    (tmp_path / 'empty').mkdir()
+    assert make_c.main(['--data-dir', str(tmp_path / 'empty'), '--out', str(tmp_path / 'c'), '--format',
+                        'cifar-c']) == 1
+    assert capsys.readouterr().err.startswith(f"error: no images in '{tmp_path / 'empty'}'")
+    assert make_c.main(['--data-dir', str(_images(tmp_path / 'ok')), '--out', str(tmp_path / 'c'), '--format',
+                        'imagenet-c', '--corruptions', 'contrast', '--severities', '1', '2']) == 0
+    assert capsys.readouterr().out == (f"wrote imagenet-c to {tmp_path / 'c'}: 2 images x 1 corruption(s) x 2 "
+                                       f"severities (<corruption>/<severity>/<class>/ PNG folders)\n")

@@ -20,6 +20,9 @@ from PIL import Image
 from timm.data import resolve_data_config
 
 from ..models import model_from_checkpoint
+from ..utils.checkpoint import CheckpointError
+from ..utils.errors import first_line
+from ..utils.images import open_rgb
 from ..split import stage_modules
 from ..models.tenet_models import create_tenet_model
 
@@ -92,10 +95,8 @@ def load_images(paths: Sequence[str], size: Tuple[int, int], limit: int = 8) -> 
     files = [(f, label) for f, label in files if f.lower().endswith(_IMAGE_EXTENSIONS)][:limit]
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(_IMAGE_EXTENSIONS)}) found in {list(paths)}")
-    pixels = [
-        torch.from_numpy(np.asarray(Image.open(f).convert('RGB').resize(size[::-1], Image.BILINEAR), dtype=np.float32))
-        for f, _ in files
-    ]
+    pixels = [torch.from_numpy(np.asarray(open_rgb(f).resize(size[::-1], Image.BILINEAR), dtype=np.float32))
+              for f, _ in files]
     images = torch.stack(pixels).permute(0, 3, 1, 2) / 255
     return images, [label for _, label in files], [os.path.basename(f) for f, _ in files]
 
@@ -149,7 +150,11 @@ def _load_model(spec: str, use_ema: bool) -> nn.Module:
     """A checkpoint file or training output folder, or a model name (``hf-hub:``/``local-dir:`` load weights)."""
     if os.path.exists(spec):
         return model_from_checkpoint(spec, use_ema=use_ema)
-    return create_tenet_model(spec, pretrained=spec.startswith(('hf-hub:', 'local-dir:')))
+    try:
+        return create_tenet_model(spec, pretrained=spec.startswith(('hf-hub:', 'local-dir:')))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ValueError(f"'{spec}' is neither a checkpoint, a train.py output folder nor a model that loads: "
+                         f'{first_line(e)}') from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,10 +171,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
+    """Render the grid; returns the PNG written. A bad input (no images, an image that does not decode, a
+    corrupt checkpoint, an unknown model) exits with status 1 and one ``error:`` line on stderr."""
     args = _parser().parse_args(argv)
+    try:
+        return _render(args)
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f'error: {first_line(e)}') from None
+
+
+def _render(args: argparse.Namespace) -> str:
     titles = args.titles or [os.path.basename(os.path.normpath(m)) for m in args.models]
     if len(titles) != len(args.models):
-        raise SystemExit(f'--titles gives {len(titles)} names for {len(args.models)} models; give one per model')
+        raise ValueError(f'--titles gives {len(titles)} names for {len(args.models)} models; give one per model')
+    _grad_cam_class()  # the optional package, before any model is loaded
     models = [_load_model(spec, args.use_ema).eval() for spec in args.models]
     size = tuple(resolve_data_config(model=models[0])['input_size'][1:])
     images, labels, names = load_images(args.images, size, args.num_images)

@@ -15,6 +15,7 @@ Usage:
 import argparse
 import os
 import shutil
+import sys
 import zlib
 from typing import Optional, Sequence
 
@@ -26,6 +27,8 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from ..utils.errors import first_line
+from ..utils.images import open_rgb
 from .c_datasets import SEVERITIES
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 
@@ -36,12 +39,13 @@ FORMATS = ('cifar-c', 'imagenet-c')
 
 def _image_folder(data_dir: str, img_size: Optional[int]) -> ImageFolder:
     """The class-folder dataset as float tensors, all resized to ``img_size`` or to the first image's size."""
-    dataset = ImageFolder(data_dir)
-    if img_size:
-        size = (img_size, img_size)
-    else:
-        with Image.open(dataset.samples[0][0]) as first:
-            size = first.size[::-1]
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"data folder not found: '{data_dir}' (--data-dir)")
+    try:
+        dataset = ImageFolder(data_dir, loader=open_rgb)
+    except FileNotFoundError as e:  # no class folder, or no image in any of them
+        raise ValueError(f"no images in '{data_dir}': expected <class>/<image> files ({first_line(e)})") from None
+    size = (img_size, img_size) if img_size else open_rgb(dataset.samples[0][0]).size[::-1]
     dataset.transform = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
     return dataset
 
@@ -123,7 +127,7 @@ def make_c(
         batch_size: int = 64,
         device: str = 'cpu',
         progress: bool = True,
-) -> None:
+) -> int:
     """Corrupt every image of ``data_dir`` (``<class>/<image>``) and write the -C layout to ``out``.
 
     Args:
@@ -138,6 +142,12 @@ def make_c(
         batch_size: Images corrupted at once.
         device: Where the corruptions run.
         progress: Show a tqdm bar.
+
+    Returns:
+        The number of images corrupted.
+
+    Raises:
+        ValueError: one line for bad options, a missing or empty folder, or an image that does not decode.
     """
     if layout not in FORMATS:
         raise ValueError(f"unknown -C layout '{layout}'; choose one of {', '.join(FORMATS)}.")
@@ -170,9 +180,10 @@ def make_c(
             writer.write(name, severity, start, _to_uint8(corrupted), paths)
         start += len(x)
     writer.commit()
+    return start
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description='Write a corrupted copy of an image folder in a -C layout.')
     parser.add_argument('--data-dir', required=True, help='image folder with one sub-folder per class')
     parser.add_argument('--out', required=True, help='output folder')
@@ -192,12 +203,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--device', default='cpu', help='device the corruptions run on (default: cpu)')
     args = parser.parse_args(argv)
     try:
-        make_c(args.data_dir, args.out, layout=args.layout, corruptions=args.corruptions,
-               severities=args.severities, dataset=args.dataset, seed=args.seed, img_size=args.img_size,
-               batch_size=args.batch_size, device=args.device)
+        count = make_c(args.data_dir, args.out, layout=args.layout, corruptions=args.corruptions,
+                       severities=args.severities, dataset=args.dataset, seed=args.seed, img_size=args.img_size,
+                       batch_size=args.batch_size, device=args.device)
     except ValueError as e:
-        parser.error(str(e))
+        print(f'error: {first_line(e)}', file=sys.stderr)
+        return 1
+    what = '<corruption>.npy arrays and labels.npy' if args.layout == 'cifar-c' else \
+        '<corruption>/<severity>/<class>/ PNG folders'
+    print(f'wrote {args.layout} to {args.out}: {count} images x {len(args.corruptions)} corruption(s) x '
+          f'{len(args.severities)} severities ({what})')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
