@@ -447,7 +447,7 @@ def test_card_is_yaml_front_matter_with_timm_metadata_plus_markdown(exported):
 
 def test_card_carries_the_numbers_of_the_results_files(exported):
     _, body = split_card((exported / 'README.md').read_text())
-    clean = body.split('### Clean validation')[1].split('###')[0]
+    clean = body.split('### Clean accuracy')[1].split('###')[0]
     assert '| resnet18_tenet | 71.25 | 28.75 | 90.5 | 9.5 |' in clean  # from the JSON file
     assert '| resnet18_tenet.ema | 70.125 | 29.875 | 89 | 11 |' in clean  # from the CSV file
     corruptions = body.split('### Corruptions')[1].split('###')[0]
@@ -552,13 +552,17 @@ def test_push_explains_authentication_errors_in_one_line(minihub, checkpoint, to
     assert minihub.repos == {}
 
 
-def test_check_push_ready_fails_fast_before_training(no_internet):
+def test_check_push_ready_fails_fast_before_training(no_internet, minihub):
     with pytest.raises(ExportError, match='malformed repo id'):
         hub.check_push_ready('no-namespace')
     with pytest.raises(HubError, match='no Hugging Face token'):
         hub.check_push_ready(REPO)
     no_internet.setenv('HF_TOKEN', 'hf_anything')
-    assert hub.check_push_ready(REPO) == REPO
+    with pytest.raises(HubError, match=r'the Hugging Face Hub at http://127.0.0.1:\d+ cannot be reached within 5 s'):
+        hub.check_push_ready(REPO)
+    with pytest.raises(HubError, match=r'the Hub rejected the token \(401'):
+        hub.check_push_ready(REPO, endpoint=minihub.url)
+    assert hub.check_push_ready(REPO, token='hf_write', endpoint=minihub.url) == REPO
     no_internet.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(HubError, match='HF_HUB_OFFLINE=1 is set'):
         hub.check_push_ready(REPO)

@@ -112,3 +112,73 @@ def test_make_c_reports_a_broken_image_or_an_empty_folder_in_one_line_and_says_w
                         'imagenet-c', '--corruptions', 'contrast', '--severities', '1', '2']) == 0
     assert capsys.readouterr().out == (f"wrote imagenet-c to {tmp_path / 'c'}: 2 images x 1 corruption(s) x 2 "
                                        f"severities (<corruption>/<severity>/<class>/ PNG folders)\n")
+
+
+# 11, 12: what the README and the model cards show runs as written
+
+def test_hub_create_model_works_after_import_timm_tenet_alone():
+    proc = _script('-c', "import timm_tenet; m = timm_tenet.hub.create_model('test_resnet', num_classes=3); "
+                         "print(type(m).__name__, m.num_classes)")
+    assert proc.returncode == 0 and proc.stdout.split() == ['ResNet', '3'], proc.stderr[-2000:]
+
+
+def _readme_python_blocks():
+    text = (REPO / 'README.md').read_text()
+    return [block.split('```', 1)[0] for block in text.split('```python\n')[1:]]
+
+
+def test_every_offline_python_block_of_the_readme_runs_as_written(tmp_path):
+    blocks = _readme_python_blocks()
+    offline = [b for b in blocks if 'hf-hub:' not in b]  # loading from the Hub needs the network
+    assert len(offline) >= 1 and len(blocks) - len(offline) <= 1
+    for block in offline:
+        proc = subprocess.run([sys.executable, '-c', block], capture_output=True, text=True, cwd=tmp_path,
+                              env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1'), timeout=240)
+        assert proc.returncode == 0, f'README block failed:\n{block}\n{proc.stderr[-2000:]}'
+
+
+# 7: an unreachable Hub stops --push-to-hub before training
+
+def _closed_port_url():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return f'http://127.0.0.1:{port}'
+
+
+def test_push_to_hub_with_an_unreachable_hub_fails_before_training(data_dir, tmp_path):
+    endpoint = _closed_port_url()
+    proc = _script('train.py', *_train_argv(data_dir, tmp_path, '--push-to-hub', 'org/x'),
+                   env=dict(HF_ENDPOINT=endpoint, HF_TOKEN='hf_anything', HF_HOME=str(tmp_path / 'hf')))
+    assert proc.returncode == 1
+    assert _error_lines(proc) == [
+        f'ERROR: --push-to-hub: cannot push to org/x: the Hugging Face Hub at {endpoint} cannot be reached within 5 s '
+        f'([Errno 111] Connection refused; no network?)'], proc.stderr[-2000:]
+    assert not (tmp_path / 'run').exists()
+
+
+# 13: the model card says which split its results are on, names this project and hides local paths
+
+def test_model_card_labels_the_split_names_timm_tenet_and_hides_the_config_path(tmp_path):
+    import json
+
+    import timm
+    import torch
+    recipe = tmp_path / 'private' / 'recipe.yaml'
+    model = timm.create_model('test_resnet', num_classes=2)
+    torch.save({'state_dict': model.state_dict(), 'arch': 'test_resnet', 'epoch': 1, 'class_names': ['cat', 'dog'],
+                'args': {'model': 'test_resnet', 'num_classes': 2, 'config': str(recipe)}}, tmp_path / 'c.pth.tar')
+    (tmp_path / 'r.json').write_text(json.dumps({'clean': {'model': 'test_resnet', 'top1': 90.0, 'top1_err': 10.0,
+                                                           'split': 'test'}}))
+    proc = _script('-m', 'timm_tenet.hub', 'push', '--checkpoint', tmp_path / 'c.pth.tar', '--repo-id', 'org/x',
+                   '--dry-run', tmp_path / 'export', '--results-file', tmp_path / 'r.json', '--train-command',
+                   f'python train.py -c {recipe} --epochs 3')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = (tmp_path / 'export' / 'README.md').read_text()
+    assert '### Clean accuracy on the `test` split' in card and 'Clean validation' not in card
+    assert '`timm_tenet` (this project)' in card and 'timm_tenet](https://github.com/LinusWu' not in card
+    assert str(tmp_path) not in card
+    assert 'config: recipe.yaml' in card and "python train.py -c '<local path>/recipe.yaml' --epochs 3" in card
+    assert '  - Classes: 2 (cat, dog)' in card
+    assert json.loads((tmp_path / 'export' / 'config.json').read_text())['label_names'] == ['cat', 'dog']

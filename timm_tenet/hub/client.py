@@ -17,6 +17,7 @@ import shlex
 import socket
 import sys
 import tempfile
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
@@ -135,16 +136,39 @@ def _push_token(repo_id: str, token: Optional[str]) -> str:
     return token
 
 
-def check_push_ready(repo_id: str, token: Optional[str] = None) -> str:
-    """Fail fast, without network, if a later :func:`push` to ``repo_id`` cannot work: a malformed id,
-    ``HF_HUB_OFFLINE=1``, or no token. ``train.py --push-to-hub`` calls it before training. Returns ``repo_id``.
+def _check_reachable(endpoint: str, action: str, timeout: float) -> None:
+    """Open (and close) a TCP connection to the Hub's host within ``timeout`` seconds, or fail in one line."""
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == 'https' else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise HubError(f'cannot {action}: the Hugging Face Hub at {endpoint} cannot be reached within {timeout:g} s '
+                       f'({first_line(e)}; no network?)') from None
+
+
+def check_push_ready(
+        repo_id: str,
+        token: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        timeout: float = 5.0,
+) -> str:
+    """Fail fast if a later :func:`push` to ``repo_id`` cannot work: a malformed id, ``HF_HUB_OFFLINE=1`` or no
+    token (without network), then a Hub that does not answer within ``timeout`` seconds or refuses the token.
+    ``train.py --push-to-hub`` calls it before training. Returns ``repo_id``.
 
     Raises:
         ExportError: Malformed repo id.
-        HubError: Offline mode or no token.
+        HubError: Offline mode, no token, unreachable Hub, or a rejected token.
     """
+    from huggingface_hub import HfApi
     repo_id = check_repo_id(repo_id)
-    _push_token(repo_id, token)
+    token = _push_token(repo_id, token)
+    api = HfApi(endpoint=endpoint, token=token, library_name='timm_tenet', library_version=__version__)
+    action = f'push to {repo_id}'
+    _check_reachable(api.endpoint, action, timeout)
+    with _hub_errors(action, repo_id, api.endpoint, upload=True):
+        api.whoami()
     return repo_id
 
 

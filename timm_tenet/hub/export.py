@@ -27,8 +27,8 @@ from timm.models._registry import get_arch_name
 
 from .. import __version__
 from ..utils.errors import first_line
-from ..utils.checkpoint import CheckpointError, checkpoint_args, classifier_outputs, extract_state_dict, is_state_dict, \
-    load_checkpoint_file, recorded_args, state_dict_mismatch
+from ..utils.checkpoint import CheckpointError, checkpoint_args, checkpoint_class_names, classifier_outputs, \
+    extract_state_dict, is_state_dict, load_checkpoint_file, recorded_args, state_dict_mismatch
 from ..config import TenetConfig
 from .model_card import DEFAULT_LICENSE, PAPER, dataset_ids, model_card
 from ..models.tenet_models import TENET_BASES
@@ -71,6 +71,7 @@ class CheckpointState:
         tenet_step: Training forward calls counted by the TENET task, if recorded.
         epoch: Epoch of the checkpoint, if recorded.
         metric: Evaluation metric the checkpoint saver ranked it by, if recorded.
+        class_names: Name of each output class in index order (the training folders), if recorded.
     """
     path: Path
     state_dict: Dict[str, torch.Tensor]
@@ -81,6 +82,7 @@ class CheckpointState:
     tenet_step: Optional[int] = None
     epoch: Optional[int] = None
     metric: Optional[float] = None
+    class_names: Optional[List[str]] = None
 
 
 def load_checkpoint_state(checkpoint: Union[str, Path], use_ema: bool = False) -> CheckpointState:
@@ -119,6 +121,7 @@ def load_checkpoint_state(checkpoint: Union[str, Path], use_ema: bool = False) -
         tenet_step=int(step) if isinstance(step, (int, float)) else None,
         epoch=obj.get('epoch') if isinstance(obj.get('epoch'), int) else None,
         metric=float(metric) if isinstance(metric, (int, float)) else None,
+        class_names=checkpoint_class_names(obj),
     )
 
 
@@ -169,6 +172,10 @@ def _rebuild(
     classes = found if found is not None else num_classes if num_classes is not None else state.args.get('num_classes')
     if classes is None:
         raise ExportError(f"cannot read the number of classes: the checkpoint has no '{key}': pass --num-classes")
+
+    if state.class_names is not None and len(state.class_names) != classes:
+        raise ExportError(f"'{state.path}' records {len(state.class_names)} class names for a classifier of {classes} "
+                          f'outputs: it is not a checkpoint train.py wrote for this model')
 
     kwargs = dict(state.args.get('model_kwargs') or {})
     kwargs.update(model_kwargs or {})
@@ -344,6 +351,8 @@ def _write_files(export: _Export, folder: Path, repo_id: str, verify: bool) -> N
                             notes=(notes,), **PAPER),
         tenet=tenet,
     )
+    if export.state.class_names:
+        model_config['label_names'] = list(export.state.class_names)  # timm's field: index -> class name
     save_for_hf(export.model, folder, model_config=model_config, safe_serialization=True,
                 data_config=export.data_config)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding='utf-8'))

@@ -2,6 +2,7 @@
 command and arguments (local paths hidden), and tables of ``validate.py`` results."""
 import math
 import os
+import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
@@ -25,6 +26,8 @@ _CITATION = """@inproceedings{liu2021tenet,
 }"""
 # training arguments that hold local paths: the public card shows that they were set, not where
 _LOCAL_PATH_KEYS = ('data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map')
+# ... and those whose file name says something (the recipe): only the name is shown
+_NAMED_FILE_KEYS = ('config',)
 # result keys, in the order the card's tables show them
 _CLEAN_KEYS = ('model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation')
 _ATTACK_KEYS = ('attack', 'eps', 'steps', 'step_size', 'restarts', 'top1', 'top1_err')
@@ -111,7 +114,9 @@ def _results_markdown(rows: Sequence[Dict[str, Any]]) -> str:
             groups['other'].append(row)
     parts = []
     if groups['clean']:
-        parts.append('### Clean validation\n\n' + _generic_table(groups['clean'], _CLEAN_KEYS))
+        splits = sorted({str(row['split']) for row in groups['clean'] if row.get('split')})
+        on = f" on the {', '.join(f'`{s}`' for s in splits)} split{'s' if len(splits) > 1 else ''}" if splits else ''
+        parts.append(f'### Clean accuracy{on}\n\n' + _generic_table(groups['clean'], _CLEAN_KEYS))
     if groups['summary']:
         summary = [(k, v) for row in groups['summary'] for k, v in row.items()]
         summary.sort(key=lambda kv: (kv[0] not in _SUMMARY_KEYS, _SUMMARY_KEYS.index(kv[0])
@@ -142,8 +147,19 @@ def _public_args(args: Dict[str, Any]) -> Dict[str, Any]:
     for k, v in args.items():
         if v is None or v == '' or v == [] or v == {}:
             continue
+        if isinstance(v, str) and k in _NAMED_FILE_KEYS:
+            v = os.path.basename(v)
         shown[k] = '<local path>' if k in _LOCAL_PATH_KEYS and isinstance(v, str) else _plain(v)
     return shown
+
+
+def _public_command(command: str) -> str:
+    """The training command for a public card: absolute paths shortened to ``<local path>/<file name>``."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: show it as given
+        return command
+    return shlex.join(f'<local path>/{os.path.basename(w.rstrip("/"))}' if os.path.isabs(w) else w for w in words)
 
 
 def dataset_ids(args: Dict[str, Any]) -> List[str]:
@@ -202,7 +218,7 @@ def model_card(
     ]
     if tenet.get('requires') == 'timm_tenet':
         lines += [
-            f'`{arch}` is registered by [timm_tenet](https://github.com/LinusWu/TENET_Training), not by timm: '
+            f'`{arch}` is registered by `timm_tenet` (this project), not by timm: '
             f'install `timm_tenet` and `import timm_tenet` before loading these weights.', '']
 
     lines += ['## Model Details', '- **Model Type:** Image classification / feature backbone',
@@ -210,7 +226,10 @@ def model_card(
               '- **Model Stats:**']
     if param_count is not None:
         lines.append(f'  - Params (M): {param_count:.2f}')
-    lines.append(f"  - Classes: {config.get('num_classes')}")
+    names = config.get('label_names')
+    shown = f" ({', '.join(map(str, names[:20]))}{', ...' if len(names) > 20 else ''})" \
+        if isinstance(names, list) and names else ''
+    lines.append(f"  - Classes: {config.get('num_classes')}{shown}")
     if pcfg.get('input_size'):
         lines.append(f"  - Image size: {' x '.join(map(str, pcfg['input_size'][1:]))}")
     preprocessing = {k: pcfg[k] for k in ('crop_pct', 'crop_mode', 'interpolation', 'mean', 'std') if k in pcfg}
@@ -224,7 +243,8 @@ def model_card(
         lines.append(f"- **Dataset:** {', '.join(datasets)}")
     lines += ['- **Papers:**', f"  - {PAPER['paper_name']}: https://arxiv.org/abs/2103.02152",
               f"- **Original:** {PAPER['origin_url']} (TENET reference code), "
-              f"https://github.com/huggingface/pytorch-image-models", '']
+              f"https://github.com/huggingface/pytorch-image-models",
+              '- **Trained and exported with:** `timm_tenet` (this project), a TENET plugin for timm', '']
 
     lines += ['## TENET settings', '']
     if tenet.get('config'):
@@ -238,7 +258,7 @@ def model_card(
     if train_command or train_args:
         lines += ['## Training', '']
         if train_command:
-            lines += ['```bash', train_command, '```', '']
+            lines += ['```bash', _public_command(train_command), '```', '']
         if train_args:
             lines += ['<details>', '<summary>Training arguments</summary>', '', '```yaml',
                       yaml.safe_dump(_public_args(train_args), sort_keys=True).rstrip(), '```', '', '</details>', '']

@@ -10,7 +10,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from timm.utils import unwrap_model
 from .errors import first_line
 
 __all__ = [
-    'CheckpointError', 'EMA_KEYS', 'MODEL_KEYS', 'checkpoint_args', 'classifier_outputs', 'extract_state_dict',
+    'CheckpointError', 'EMA_KEYS', 'MODEL_KEYS', 'checkpoint_args', 'checkpoint_class_names', 'classifier_outputs', 'extract_state_dict',
     'is_state_dict', 'load_checkpoint_file', 'load_model_weights', 'load_state_dict_checked', 'recorded_args',
     'resolve_checkpoint_path', 'state_dict_mismatch',
 ]
@@ -178,6 +178,14 @@ def checkpoint_args(checkpoint: Any) -> Dict[str, Any]:
     if not (isinstance(args.get('model'), str) and args['model']) and isinstance(arch, str) and arch:
         args['model'] = arch
     return args
+
+
+def checkpoint_class_names(checkpoint: Any) -> Optional[List[str]]:
+    """The class names a checkpoint records (``class_names``, index order, as ``train.py`` saves them), else None."""
+    names = checkpoint.get('class_names') if isinstance(checkpoint, dict) else None
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def classifier_outputs(
