@@ -109,6 +109,20 @@ def test_resume_continues_the_schedule_and_the_tenet_step(data_dir, tmp_path):
     assert _load(Path(resumed.output_dir) / 'last.pth.tar')['task_state']['tenet_step'] == 12
 
 
+def test_lookahead_weights_are_synced_before_evaluation_and_saving(data_dir, tmp_path):
+    # 2 epochs x 4 updates with k=6: the last slow update was at update 6, so unsynced fast weights differ
+    _, result = _run(*_argv(data_dir, tmp_path, *TENET, '--opt', 'lookahead_sgd'))
+    last = _load(Path(result.output_dir) / 'last.pth.tar')
+    slow = [s['lookahead_slow_buff'] for s in last['optimizer']['state'].values() if 'lookahead_slow_buff' in s]
+    weights = list(last['state_dict'].values())
+    assert slow and all(any(w.shape == b.shape and torch.equal(w, b) for w in weights) for b in slow)
+
+
+def test_second_order_optimizer_gets_create_graph(data_dir, tmp_path):
+    _, result = _run(*_argv(data_dir, tmp_path, '--epochs', '1', '--opt', 'adahessian', '--lr', '0.01'))
+    assert np.isfinite(float(_summary(result.output_dir)[0]['train_loss']))
+
+
 def test_non_finite_loss_stops_and_keeps_earlier_checkpoints(data_dir, tmp_path):
     calls = []
 

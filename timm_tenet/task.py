@@ -115,6 +115,10 @@ class TenetTask(SplitTask):
         dtype: Dtype for task tensors/buffers.
         verbose: Enable info logging.
 
+    Attributes:
+        result_terms: Keys of the result dict beyond ``loss`` / ``loss_clean``, present on TENET steps only;
+            the epoch loop averages and logs them (None in an epoch without a TENET step).
+
     Examples:
 
         ```python
@@ -124,6 +128,7 @@ class TenetTask(SplitTask):
         result['loss'].backward()  # result also holds loss_clean, loss_inhibited, loss_orth, inhibited_frac
         ```
     """
+    result_terms = ('loss_inhibited', 'loss_orth', 'inhibited_frac')
 
     def __init__(
             self,

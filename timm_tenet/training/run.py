@@ -28,7 +28,7 @@ from ..utils.checkpoint import CheckpointError, load_checkpoint_file, load_model
 from ..utils.io import atomic_write_text
 from .checkpoint import AtomicCheckpointSaver, restore_training_state
 from ..config import TenetConfig
-from .engine import Perturb, train_one_epoch, validate
+from .engine import Perturb, evaluate_epoch, train_one_epoch
 from ..task import TenetTask
 from ..models.tenet_models import create_tenet_model, get_tenet_config
 from .args import args_to_dict, args_to_yaml, build_train_parser, config_dests
@@ -341,24 +341,47 @@ def _create_loaders(args, data_config, dataset_train, dataset_eval, device, num_
     return loader_train, loader_eval, mixup_fn
 
 
-def _setup_output(args: argparse.Namespace, data_config: Dict[str, Any], stack: ExitStack) -> str:
-    """The experiment folder, with ``train.log`` receiving every log record until the run ends."""
-    exp_name = args.experiment or '-'.join([
-        datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
-    output_dir = get_outdir(args.output if args.output else './output/train', exp_name)
-    handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
-    handler.setFormatter(logging.Formatter('%(asctime)s %(name)s [%(levelname)s] %(message)s'))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    stack.callback(handler.close)
-    stack.callback(root.removeHandler, handler)
-    return output_dir
-
-
 def _tenet_summary(cfg: Optional[TenetConfig]) -> str:
     if cfg is None:
         return 'TENET: off (plain training, the baseline)'
     return 'TENET: on (' + ', '.join(f'{k}={v}' for k, v in cfg.to_dict().items()) + ')'
+
+
+@dataclass
+class _Runtime:
+    """Where and how the run computes: device, rank, mixed precision, and the settings checked up front."""
+    device: torch.device
+    primary: bool
+    amp_autocast: Callable[[], ContextManager]
+    loss_scaler: Optional[Any]
+    adv_cfg: Optional[AdversarialConfig]
+    progress: bool
+
+
+@dataclass
+class _Training:
+    """What the run trains with: the task and its optimizer, the data, and the schedule over it."""
+    task: ClassificationTask
+    optimizer: torch.optim.Optimizer
+    data_config: Dict[str, Any]
+    num_aug_splits: int
+    dataset_train: Any = None
+    loader_train: Any = None
+    train_batches: Any = None  # loader_train, or its adversarial wrapper
+    loader_eval: Any = None
+    mixup_fn: Optional[Mixup] = None
+    perturb: Optional[Perturb] = None
+    lr_scheduler: Optional[Any] = None
+    num_epochs: int = 0
+    updates_per_epoch: int = 0
+
+
+@dataclass
+class _Output:
+    """The primary rank's experiment folder, checkpoint saver and summary file (all None on other ranks)."""
+    output_dir: Optional[str] = None
+    saver: Optional[AtomicCheckpointSaver] = None
+    summary_path: Optional[str] = None
 
 
 def run_training(
@@ -384,6 +407,31 @@ def run_training(
 
 
 def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: ExitStack) -> TrainResult:
+    runtime = _setup_runtime(args, perturb)
+    training = _build_task(args, runtime)
+    checkpoint = load_checkpoint_file(args.resume) if args.resume else None  # read before any data is prepared
+    _build_data_and_schedule(args, runtime, training, perturb)
+    start_epoch = _resume(args, runtime, training, checkpoint)
+    output = _open_output(args, runtime, training, start_epoch, checkpoint, stack)
+    del checkpoint  # free the resumed tensors
+
+    result = TrainResult(output_dir=output.output_dir, best_metric=None, best_epoch=None)
+    for epoch in range(start_epoch, training.num_epochs):
+        train_metrics = _train_epoch(args, runtime, training, output, epoch)
+        eval_metrics = _evaluate_epoch(args, runtime, training)
+        if training.lr_scheduler is not None:
+            training.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        if output.saver is not None:
+            lrs = [group['lr'] for group in training.optimizer.param_groups]
+            update_summary(epoch, train_metrics, eval_metrics, filename=output.summary_path, lr=sum(lrs) / len(lrs))
+            result.best_metric, result.best_epoch = output.saver.save_checkpoint(
+                epoch, metric=eval_metrics[args.eval_metric])
+        result.train_metrics, result.eval_metrics, result.epochs = dict(train_metrics), dict(eval_metrics), epoch + 1
+    return _finish(args, output, result)
+
+
+def _setup_runtime(args: argparse.Namespace, perturb: Optional[Perturb]) -> _Runtime:
+    """Check the run's adversarial and Hub settings, then set up the device (and DDP), AMP and the seed."""
     adv_cfg = resolve_adversarial_config(args)
     if adv_cfg is not None and perturb is not None:
         raise TrainingError(f'--adv-train {adv_cfg.method} replaces the batches: do not pass a perturb hook as well')
@@ -403,26 +451,27 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-
     amp_autocast, loss_scaler = _resolve_amp(args, device)
     random_seed(args.seed, args.rank)
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    return _Runtime(device, primary, amp_autocast, loss_scaler, adv_cfg, progress)
 
+
+def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
+    """The model, its TENET (or plain) task with EMA, and the optimizer."""
     model = _create_model(args)
     tenet_cfg = resolve_tenet_config(args, model)
-    if primary:
+    if runtime.primary:
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
         _logger.info(_tenet_summary(tenet_cfg))
-        if adv_cfg is not None:
-            _logger.info(adv_cfg.summary())
-    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+        if runtime.adv_cfg is not None:
+            _logger.info(runtime.adv_cfg.summary())
+    data_config = resolve_data_config(vars(args), model=model, verbose=runtime.primary)
+    if 0 < args.aug_splits < 2:
+        raise TrainingError('--aug-splits must be 0 or >= 2')
 
-    num_aug_splits = 0
-    if args.aug_splits > 0:
-        if args.aug_splits < 2:
-            raise TrainingError('--aug-splits must be 0 or >= 2')
-        num_aug_splits = args.aug_splits
-
+    device = runtime.device
     model.to(device=device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -432,49 +481,64 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
         args.dist_bn = ''
         model = convert_sync_batchnorm(model)
 
-    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
-    task = create_task(args, model, tenet_cfg, device, num_aug_splits, mixup_active)
+    num_aug_splits = max(args.aug_splits, 0)
+    task = create_task(args, model, tenet_cfg, device, num_aug_splits, _mixup_active(args))
     _resolve_lr(args)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else None)
+    return _Training(task, optimizer, data_config, num_aug_splits)
 
-    checkpoint = None
-    if args.resume:
-        checkpoint = load_checkpoint_file(args.resume)
-    dataset_train, dataset_eval = create_train_eval_datasets(args)
+
+def _mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+
+
+def _build_data_and_schedule(
+        args: argparse.Namespace, runtime: _Runtime, training: _Training, perturb: Optional[Perturb]) -> None:
+    """Datasets, loaders (with mixup and adversarial batches) and the learning-rate schedule over them."""
+    training.dataset_train, dataset_eval = create_train_eval_datasets(args)
     mixup_args = None
-    if mixup_active:
+    if _mixup_active(args):
         mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                           prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                           label_smoothing=args.smoothing, num_classes=args.num_classes)
-    loader_train, loader_eval, mixup_fn = _create_loaders(
-        args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args)
+    training.loader_train, training.loader_eval, training.mixup_fn = _create_loaders(
+        args, training.data_config, training.dataset_train, dataset_eval, runtime.device, training.num_aug_splits,
+        mixup_args)
 
     # free adversarial training trains on each batch adv_replays times: an epoch has that many more updates
-    train_batches, adv_perturb = adversarial_training(
-        adv_cfg, loader_train, data_config['mean'], data_config['std'], device=device, seed=args.seed + args.rank)
-    perturb = perturb or adv_perturb
-    updates_per_epoch = (len(train_batches) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric='loss' in args.eval_metric),
-        updates_per_epoch=updates_per_epoch)
+    training.train_batches, adv_perturb = adversarial_training(
+        runtime.adv_cfg, training.loader_train, training.data_config['mean'], training.data_config['std'],
+        device=runtime.device, seed=args.seed + args.rank)
+    training.perturb = perturb or adv_perturb
+    training.updates_per_epoch = (len(training.train_batches) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    training.lr_scheduler, training.num_epochs = create_scheduler_v2(
+        training.optimizer, **scheduler_kwargs(args, decreasing_metric='loss' in args.eval_metric),
+        updates_per_epoch=training.updates_per_epoch)
 
+
+def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
+            checkpoint: Optional[Dict[str, Any]]) -> int:
+    """Restore ``--resume``'s state (unless ``--no-resume-opt``: weights and task state only), position the
+    schedule at the start epoch, then compile and wrap for DDP. Returns the start epoch."""
+    task, lr_scheduler = training.task, training.lr_scheduler
     resume_epoch = None
     if checkpoint is not None:
+        restore_opt = not args.no_resume_opt
         resume_epoch = restore_training_state(
             task, checkpoint, args.resume,
-            optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler,
-            lr_scheduler=None if args.no_resume_opt else lr_scheduler)
-        if primary:
+            optimizer=training.optimizer if restore_opt else None,
+            loss_scaler=runtime.loss_scaler if restore_opt else None,
+            lr_scheduler=lr_scheduler if restore_opt else None)
+        if runtime.primary:
             _logger.info(f"Resumed from '{args.resume}' (epoch {checkpoint.get('epoch')}, TENET step "
                          f"{getattr(task, 'step', '-')})")
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
     if lr_scheduler is not None and start_epoch > 0:
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+            lr_scheduler.step_update(start_epoch * training.updates_per_epoch)
         else:
             lr_scheduler.step(start_epoch)
 
@@ -483,81 +547,104 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
         task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         ddp_kwargs = dict(broadcast_buffers=False) if args.no_ddp_bb else {}
-        task.prepare_distributed(device_ids=[device] if device.type == 'cuda' else None, **ddp_kwargs)
+        task.prepare_distributed(device_ids=[runtime.device] if runtime.device.type == 'cuda' else None, **ddp_kwargs)
+    return start_epoch
 
-    output_dir = saver = None
-    eval_metric = args.eval_metric
-    summary_path = None
-    if primary:
-        output_dir = _setup_output(args, data_config, stack)
-        dests = config_dests(build_train_parser())
-        atomic_write_text(args_to_yaml(args, dests), os.path.join(output_dir, 'args.yaml'))
-        saver = AtomicCheckpointSaver(
-            task, optimizer, args=args_to_dict(args), amp_scaler=loss_scaler, lr_scheduler=lr_scheduler,
-            checkpoint_dir=output_dir, decreasing='loss' in eval_metric, max_history=args.checkpoint_hist)
-        same_dir = args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
-        if same_dir and isinstance(checkpoint, dict) and checkpoint.get('saver'):
-            saver.load_state_dict(checkpoint['saver'])
-        summary_path = os.path.join(output_dir, 'summary.csv')
-        trim_summary(summary_path, start_epoch)
-        _logger.info(f'Output folder: {output_dir}')
-        _logger.info(f'Scheduled epochs: {num_epochs} ({updates_per_epoch} updates per epoch), starting at '
-                     f'epoch {start_epoch}.')
-    checkpoint = None  # free the resumed tensors
 
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    result = TrainResult(output_dir=output_dir, best_metric=None, best_epoch=None)
-    recovery_fn = saver.save_recovery if saver is not None and args.recovery_interval else None
-    for epoch in range(start_epoch, num_epochs):
-        if hasattr(loader_train, 'sampler') and hasattr(loader_train.sampler, 'set_epoch'):
-            loader_train.sampler.set_epoch(epoch)
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            if args.prefetcher and getattr(loader_train, 'mixup_enabled', False):
-                loader_train.mixup_enabled = False
-            elif mixup_fn is not None:
-                mixup_fn.mixup_enabled = False
-        skipped_before = count_skipped(dataset_train)
-        train_metrics = train_one_epoch(
-            epoch, task, train_batches, optimizer,
-            device=device, lr_scheduler=lr_scheduler, loss_scaler=loss_scaler, amp_autocast=amp_autocast,
-            mixup_fn=mixup_fn, perturb=perturb, grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad,
-            clip_mode=args.clip_mode, channels_last=args.channels_last, prefetcher=args.prefetcher,
-            distributed=args.distributed, world_size=args.world_size, log_interval=args.log_interval,
-            log=primary, progress=progress, num_epochs=num_epochs, recovery_fn=recovery_fn,
-            recovery_interval=args.recovery_interval, synchronize_step=args.synchronize_step)
-        skipped = count_skipped(dataset_train) - skipped_before
-        if skipped:
-            _logger.warning(f'Epoch {epoch}: skipped {skipped} training image(s) that failed to decode '
-                            f'(their paths are in the warnings above); each was replaced by the next image.')
+def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Training, start_epoch: int,
+                 checkpoint: Optional[Dict[str, Any]], stack: ExitStack) -> _Output:
+    """On the primary rank: the experiment folder with ``train.log`` receiving every log record until the run
+    ends, ``args.yaml``, the checkpoint saver (its ranking resumed when resuming in the same folder) and
+    ``summary.csv`` trimmed to the epochs before ``start_epoch``."""
+    if not runtime.primary:
+        return _Output()
+    exp_name = args.experiment or '-'.join([
+        datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
+        str(training.data_config['input_size'][-1])])
+    output_dir = get_outdir(args.output if args.output else './output/train', exp_name)
+    handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
+    handler.setFormatter(logging.Formatter('%(asctime)s %(name)s [%(levelname)s] %(message)s'))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    stack.callback(handler.close)
+    stack.callback(root.removeHandler, handler)
 
-        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
-        evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader_eval))
-        eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                           prefetcher=args.prefetcher, distributed=args.distributed, log=primary, progress=progress)
-        eval_metrics = validate(task.get_eval_model(), loader_eval, evaluator, **eval_kwargs)
-        if task.has_ema() and not args.model_ema_force_cpu:
-            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                distribute_bn(task.get_trainable_module(ema=True), args.world_size, args.dist_bn == 'reduce')
-            eval_metrics = validate(task.get_eval_model(ema=True), loader_eval, evaluator, log_suffix=' (EMA)',
-                                    **eval_kwargs)
-        if eval_metric not in eval_metrics:
-            raise TrainingError(f"--eval-metric '{eval_metric}' is not one of {list(eval_metrics)}")
-        if lr_scheduler is not None:
-            lr_scheduler.step(epoch + 1, eval_metrics[eval_metric])
+    atomic_write_text(args_to_yaml(args, config_dests(build_train_parser())), os.path.join(output_dir, 'args.yaml'))
+    saver = AtomicCheckpointSaver(
+        training.task, training.optimizer, args=args_to_dict(args), amp_scaler=runtime.loss_scaler,
+        lr_scheduler=training.lr_scheduler, checkpoint_dir=output_dir, decreasing='loss' in args.eval_metric,
+        max_history=args.checkpoint_hist)
+    same_dir = args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
+    if same_dir and isinstance(checkpoint, dict) and checkpoint.get('saver'):
+        saver.load_state_dict(checkpoint['saver'])
+    summary_path = os.path.join(output_dir, 'summary.csv')
+    trim_summary(summary_path, start_epoch)
+    _logger.info(f'Output folder: {output_dir}')
+    _logger.info(f'Scheduled epochs: {training.num_epochs} ({training.updates_per_epoch} updates per epoch), '
+                 f'starting at epoch {start_epoch}.')
+    return _Output(output_dir, saver, summary_path)
 
-        if primary:
-            lrs = [group['lr'] for group in optimizer.param_groups]
-            update_summary(epoch, train_metrics, eval_metrics, filename=summary_path, lr=sum(lrs) / len(lrs))
-            result.best_metric, result.best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics[eval_metric])
-        result.train_metrics, result.eval_metrics, result.epochs = dict(train_metrics), dict(eval_metrics), epoch + 1
 
-    if saver is not None and saver.best_metric is not None:
-        result.best_metric, result.best_epoch = saver.best_metric, saver.best_epoch
-    if primary and result.best_metric is not None:
+def _train_epoch(args: argparse.Namespace, runtime: _Runtime, training: _Training, output: _Output,
+                 epoch: int) -> Dict[str, Optional[float]]:
+    """One epoch of ``train_one_epoch`` (mixup switched off from ``--mixup-off-epoch``), then a warning
+    that counts the training images skipped as undecodable."""
+    loader_train = training.loader_train
+    if hasattr(loader_train, 'sampler') and hasattr(loader_train.sampler, 'set_epoch'):
+        loader_train.sampler.set_epoch(epoch)
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if args.prefetcher and getattr(loader_train, 'mixup_enabled', False):
+            loader_train.mixup_enabled = False
+        elif training.mixup_fn is not None:
+            training.mixup_fn.mixup_enabled = False
+    recovery_fn = output.saver.save_recovery if output.saver is not None and args.recovery_interval else None
+    skipped_before = count_skipped(training.dataset_train)
+    train_metrics = train_one_epoch(
+        epoch, training.task, training.train_batches, training.optimizer,
+        device=runtime.device, lr_scheduler=training.lr_scheduler, loss_scaler=runtime.loss_scaler,
+        amp_autocast=runtime.amp_autocast, mixup_fn=training.mixup_fn, perturb=training.perturb,
+        grad_accum_steps=args.grad_accum_steps, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+        channels_last=args.channels_last, prefetcher=args.prefetcher, distributed=args.distributed,
+        world_size=args.world_size, log_interval=args.log_interval, log=runtime.primary, progress=runtime.progress,
+        num_epochs=training.num_epochs, recovery_fn=recovery_fn, recovery_interval=args.recovery_interval,
+        synchronize_step=args.synchronize_step)
+    skipped = count_skipped(training.dataset_train) - skipped_before
+    if skipped:
+        _logger.warning(f'Epoch {epoch}: skipped {skipped} training image(s) that failed to decode '
+                        f'(their paths are in the warnings above); each was replaced by the next image.')
+    return train_metrics
+
+
+def _evaluate_epoch(args: argparse.Namespace, runtime: _Runtime, training: _Training) -> Dict[str, float]:
+    """The epoch-end evaluation (of the EMA weights when they are kept on the device), after synchronising
+    BatchNorm statistics across ranks with ``--dist-bn``."""
+    task = training.task
+    sync_bn = args.distributed and args.dist_bn in ('broadcast', 'reduce')
+    if sync_bn:
+        distribute_bn(task.get_trainable_module(), args.world_size, args.dist_bn == 'reduce')
+    evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(training.loader_eval))
+    eval_kwargs = dict(device=runtime.device, amp_autocast=runtime.amp_autocast, channels_last=args.channels_last,
+                       prefetcher=args.prefetcher, distributed=args.distributed, log=runtime.primary,
+                       progress=runtime.progress)
+    eval_metrics = evaluate_epoch(task.get_eval_model(), training.loader_eval, evaluator, **eval_kwargs)
+    if task.has_ema() and not args.model_ema_force_cpu:
+        if sync_bn:
+            distribute_bn(task.get_trainable_module(ema=True), args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = evaluate_epoch(task.get_eval_model(ema=True), training.loader_eval, evaluator,
+                                      log_suffix=' (EMA)', **eval_kwargs)
+    if args.eval_metric not in eval_metrics:
+        raise TrainingError(f"--eval-metric '{args.eval_metric}' is not one of {list(eval_metrics)}")
+    return eval_metrics
+
+
+def _finish(args: argparse.Namespace, output: _Output, result: TrainResult) -> TrainResult:
+    """The best epoch over the whole run (resumed ranking included), then ``--push-to-hub``."""
+    if output.saver is not None and output.saver.best_metric is not None:
+        result.best_metric, result.best_epoch = output.saver.best_metric, output.saver.best_epoch
+    if output.output_dir is not None and result.best_metric is not None:
         _logger.info(f'*** Best metric: {result.best_metric} (epoch {result.best_epoch})')
-    if primary and args.push_to_hub:
-        _logger.info(f'Pushed to the Hub: {_push_trained(args, output_dir)}')
+    if output.output_dir is not None and args.push_to_hub:
+        _logger.info(f'Pushed to the Hub: {_push_trained(args, output.output_dir)}')
     return result
 
 
