@@ -17,7 +17,6 @@ import shlex
 import socket
 import sys
 import tempfile
-import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
@@ -32,6 +31,7 @@ from .. import __version__
 from ..utils.errors import first_line
 from ..utils.checkpoint import CheckpointError, resolve_checkpoint_path
 from ..config import TenetConfig
+from ..utils.network import HUB_TIMEOUT, hub_unreachable
 from .export import CONFIG_NAME, EXPORT_FILES, ExportError, check_repo_id, export_to_folder, \
     known_tenet_fields
 from .model_card import DEFAULT_LICENSE
@@ -136,22 +136,11 @@ def _push_token(repo_id: str, token: Optional[str]) -> str:
     return token
 
 
-def _check_reachable(endpoint: str, action: str, timeout: float) -> None:
-    """Open (and close) a TCP connection to the Hub's host within ``timeout`` seconds, or fail in one line."""
-    url = urllib.parse.urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == 'https' else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as e:
-        raise HubError(f'cannot {action}: the Hugging Face Hub at {endpoint} cannot be reached within {timeout:g} s '
-                       f'({first_line(e)}; no network?)') from None
-
-
 def check_push_ready(
         repo_id: str,
         token: Optional[str] = None,
         endpoint: Optional[str] = None,
-        timeout: float = 5.0,
+        timeout: float = HUB_TIMEOUT,
 ) -> str:
     """Fail fast if a later :func:`push` to ``repo_id`` cannot work: a malformed id, ``HF_HUB_OFFLINE=1`` or no
     token (without network), then a Hub that does not answer within ``timeout`` seconds or refuses the token.
@@ -166,7 +155,10 @@ def check_push_ready(
     token = _push_token(repo_id, token)
     api = HfApi(endpoint=endpoint, token=token, library_name='timm_tenet', library_version=__version__)
     action = f'push to {repo_id}'
-    _check_reachable(api.endpoint, action, timeout)
+    unreachable = hub_unreachable(api.endpoint, timeout)
+    if unreachable:
+        raise HubError(f'cannot {action}: the Hugging Face Hub at {api.endpoint} cannot be reached within {timeout:g} s '
+                       f'({unreachable}; no network?)')
     with _hub_errors(action, repo_id, api.endpoint, upload=True):
         api.whoami()
     return repo_id

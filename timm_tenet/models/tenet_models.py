@@ -25,6 +25,7 @@ from timm.utils import unwrap_model
 
 from . import cifar  # noqa: F401  registers the CIFAR base architectures copied below
 from ..config import TenetConfig
+from ..utils.network import offline_if_unreachable
 
 __all__ = ['TENET_BASES', 'base_architecture', 'create_tenet_model', 'get_tenet_config']  # + each entrypoint fn
 
@@ -109,7 +110,17 @@ def create_tenet_model(model_name: str, **kwargs: Any) -> nn.Module:
     arch = get_arch_name(model_name)
     if ':' not in model_name and arch.endswith(_SUFFIX) and not is_model(arch):
         raise ValueError(_unknown_message(model_name))
-    return timm.create_model(model_name, **kwargs)
+    if not (kwargs.get('pretrained') or model_name.startswith('hf-hub:')):
+        return timm.create_model(model_name, **kwargs)
+    with offline_if_unreachable() as unreachable:
+        try:
+            return timm.create_model(model_name, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            if unreachable is None:
+                raise
+            raise RuntimeError(
+                f'the Hugging Face Hub does not answer ({unreachable}; no network?) and the pretrained weights of '
+                f"'{model_name}' are not in the local cache ({type(e).__name__})") from None
 
 
 def _unknown_message(model_name: str) -> str:
