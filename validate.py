@@ -13,9 +13,9 @@ written by ``train.py`` (file or output folder) all work.
 """
 import sys
 
-from timm_tenet.robustness.validation import main, summary_text, validate
+from timm_tenet.robustness.validation import main, run_validation, summary_text
 
-__all__ = ['main', 'summary_text', 'validate']
+__all__ = ['main', 'run_validation', 'summary_text']
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -3,7 +3,7 @@ corrupting a batch on the fly against the model's forward on the same batch.
 
 1. Clean throughput. The plain loop is timm's validate.py loop: ``create_loader`` with the model's mean/std,
    forward, ``timm.utils.accuracy`` and ``AverageMeter`` per batch. The evaluated loop is
-   ``timm_tenet.robustness.evaluate.evaluate_clean``: the same loader with mean 0 / std 1 ([0, 1] images), the model
+   ``timm_tenet.robustness.variants.evaluate_clean``: the same loader with mean 0 / std 1 ([0, 1] images), the model
    wrapped with its normalisation, hits counted on the device. Passes are interleaved (plain, ours, plain,
    ...) so that machine noise hits both alike; medians are reported. Target: ratio >= 0.95.
 2. Corruption cost. Every on-the-fly corruption at every severity (CIFAR constants at 32 px) against one
@@ -29,7 +29,8 @@ from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.utils import AverageMeter, accuracy
 
 from timm_tenet.robustness.corruptions import CORRUPTIONS, corrupt
-from timm_tenet.robustness.evaluate import evaluate_clean, wrap_for_eval
+from timm_tenet.robustness.loading import wrap_for_eval
+from timm_tenet.robustness.variants import evaluate_clean
 from timm_tenet.robustness.results import format_table, write_results
 
 

@@ -16,8 +16,12 @@ from PIL import Image
 
 import timm_tenet  # noqa: F401  registers the _tenet models
 from timm_tenet.robustness.corruptions import mce, relative_mce
-from timm_tenet.robustness.evaluate import EvaluationError, corruption_variants, create_eval_model, evaluate_attacks, \
-    evaluate_variants, resolve_checkpoint_path, wrap_for_eval
+from timm_tenet.robustness.attack_eval import evaluate_attacks
+from timm_tenet.robustness.corruption_eval import corruption_variants
+from timm_tenet.robustness.loading import create_eval_model, wrap_for_eval
+from timm_tenet.robustness.options import EvaluationError
+from timm_tenet.robustness.variants import evaluate_variants
+from timm_tenet.utils.checkpoint import resolve_checkpoint_path
 from timm_tenet.robustness.results import format_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +262,7 @@ def test_hub_names_pass_through_to_timm_with_pretrained(monkeypatch):
         seen.update(kwargs, name=name)
         return timm.create_model('test_resnet', num_classes=CLASSES)
 
-    monkeypatch.setattr('timm_tenet.robustness.evaluate.create_tenet_model', fake_create)
+    monkeypatch.setattr('timm_tenet.robustness.loading.create_tenet_model', fake_create)
     create_eval_model('local-dir:/models/digits', num_classes=None)
     assert seen['name'] == 'local-dir:/models/digits' and seen['pretrained'] is True
     assert 'num_classes' not in seen

@@ -17,7 +17,7 @@ from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [
     'DataError', 'SkippingImageDataset', 'SplitSubset', 'concat_splits_collate', 'count_skipped',
-    'create_train_eval_datasets', 'parse_split',
+    'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def concat_splits_collate(batch):
 _NON_FOLDER_PREFIXES = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')
 
 
-def _is_folder_dataset(name: str) -> bool:
+def is_folder_dataset(name: str) -> bool:
     """Whether timm's ``create_dataset`` reads ``name`` from ``--data-dir`` as a folder (or tar) of images."""
     return not name.lower().startswith(_NON_FOLDER_PREFIXES)
 
@@ -188,7 +188,7 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
         name = ''
     if args.data and not args.data_dir:
         args.data_dir = args.data
-    folder = _is_folder_dataset(name)
+    folder = is_folder_dataset(name)
     if folder:
         if not args.data_dir:
             raise DataError('no data folder given: pass --data-dir DIR (an image folder with train/ and validation/ '

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 __all__ = [
-    'NormalizedModel', 'fgsm', 'pgd', 'autoattack', 'parse_eps', 'create_attack', 'robust_accuracy', 'ATTACKS']
+    'NormalizedModel', 'fgsm', 'pgd', 'autoattack', 'format_eps', 'parse_eps', 'create_attack', 'robust_accuracy',
+    'ATTACKS']
 
 ATTACKS = ('fgsm', 'pgd', 'autoattack')
 
@@ -74,6 +75,13 @@ def parse_eps(text: str) -> float:
         raise ValueError(f"eps '{shown}' is above 1, but radii are in [0, 1] pixel units: write 8/255 for eight grey "
                          f"levels")
     return value
+
+
+def format_eps(eps: float) -> str:
+    """A radius as :func:`parse_eps` reads it back and as logs and results show it: ``8/255`` for a multiple of
+    1/255, else the plain number."""
+    grey = eps * 255
+    return f'{round(grey)}/255' if eps > 0 and abs(grey - round(grey)) < 1e-6 else f'{eps:g}'
 
 
 def _check_attackable(model: nn.Module, eps: float) -> None:

@@ -16,7 +16,6 @@ import argparse
 import os
 import shutil
 import sys
-import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from ..utils.errors import first_line
 from ..utils.images import open_rgb
 from .c_datasets import SEVERITIES
+from .corruption_eval import corruption_generator
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 
 __all__ = ['make_c', 'main']
@@ -110,11 +110,6 @@ class _ImageNetCWriter:
             os.replace(self._tmp(name, severity), final)
 
 
-def _generator(seed: int, name: str, severity: int, device: torch.device) -> torch.Generator:
-    # crc32 rather than hash(): str hashes change between Python processes
-    return torch.Generator(device=device).manual_seed(zlib.crc32(f'{seed}/{name}/{severity}'.encode()))
-
-
 def make_c(
         data_dir: str,
         out: str,
@@ -169,7 +164,7 @@ def make_c(
     else:
         writer = _ImageNetCWriter(out, data_dir)
     device = torch.device(device)
-    generators = {(c, s): _generator(seed, c, s, device) for c in corruptions for s in severities}
+    generators = {(c, s): corruption_generator(seed, c, s, device) for c in corruptions for s in severities}
     loader = DataLoader(images, batch_size=batch_size, shuffle=False)
     start = 0
     for x, _ in tqdm(loader, desc=f'make {layout}', disable=None if progress else True):

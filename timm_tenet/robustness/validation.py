@@ -1,31 +1,36 @@
 """``validate.py``'s run: clean accuracy, corruptions (on the fly or from a released -C folder) and
 attacks for one model, wired from the validate command line to the evaluation library, with the
 summary tables and the results file."""
+import argparse
 import logging
 from collections import OrderedDict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 from timm.data import create_loader, resolve_data_config
 from timm.utils import random_seed, setup_default_logging
 
-from ..utils.checkpoint import CheckpointError
-from .evaluate import EvaluationError, corruption_matrix, corruption_variants, create_eval_dataset, \
-    create_eval_model, evaluate_attacks, evaluate_corruption_dir, evaluate_variants, fill_from_checkpoint_args, \
-    load_eval_checkpoint, load_valid_labels, parse_attacks, parse_corruptions, parse_eps_list, parse_severities, \
-    plan_corruption_dir, split_list, summarize_corruptions, wrap_for_eval
-from .results import format_table, write_results
 from ..training.args import ConfigError
+from ..utils.checkpoint import CheckpointError
 from .args import parse_validate_args
+from .attack_eval import evaluate_attacks
+from .corruption_eval import corruption_variants, evaluate_corruption_dir, plan_corruption_dir
+from .loading import create_eval_dataset, create_eval_model, fill_from_checkpoint_args, load_eval_checkpoint, \
+    load_valid_labels, wrap_for_eval
+from .options import EvaluationError, parse_attacks, parse_corruptions, parse_eps_list, parse_severities, split_list
+from .results import write_results
+from .summaries import summarize_corruptions, summary_text
+from .variants import evaluate_variants
 
-__all__ = ['main', 'summary_text', 'validate']
+__all__ = ['main', 'run_validation', 'summary_text']
 
 _logger = logging.getLogger('validate')
 
-_CLEAN_COLUMNS = ('model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct',
-                  'interpolation')
+_ACCURACY = ('top1', 'top1_err', 'top5', 'top5_err')
 
 
 def _check_options(args) -> Dict[str, Any]:
@@ -63,13 +68,47 @@ def _check_options(args) -> Dict[str, Any]:
     return options
 
 
-def validate(args) -> Dict[str, Any]:
+@dataclass
+class _EvalModel:
+    """The model as evaluated (normalisation inside, ``--valid-labels`` applied) and what the results report."""
+    evaluated: nn.Module
+    source: Optional[str]
+    param_count: int
+    data_config: Dict[str, Any]
+    num_outputs: int
+
+
+def run_validation(args: argparse.Namespace) -> Dict[str, Any]:
     """Run the evaluations ``args`` ask for; returns ``{'clean', 'corruptions', 'corruption_summary', 'attacks'}``
     (the sections that ran)."""
     options = _check_options(args)
     random_seed(args.seed)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model = _load_model(args, device)
+    loader_args = _loader_args(args, model.data_config, device)
+    run_args = dict(device=device, amp_autocast=_amp_autocast(args, device), channels_last=args.channels_last,
+                    progress=args.progress, log_freq=args.log_freq)
 
+    results: Dict[str, Any] = OrderedDict()
+    loader = None
+    if options['has_data']:
+        loader = _create_loader(args, model, loader_args)
+        results.update(_evaluate_clean_and_corrupted(args, options, model, loader, run_args))
+    if options['c_plan']:
+        results.update(_evaluate_released_c(args, options, model, loader_args, run_args, results.get('clean')))
+    if options['attacks']:
+        if args.amp:
+            _logger.info('Attacks run in float32 (autocast off) for exact input gradients.')
+        results['attacks'] = evaluate_attacks(
+            model.evaluated, loader, options['attacks'], options['eps'], steps=args.attack_steps,
+            step_size=options['step_size'], restarts=args.attack_restarts, seed=args.seed,
+            samples=args.attack_samples, batch_size=args.batch_size, device=device, progress=args.progress)
+    return results
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> _EvalModel:
+    """The checkpoint (its recorded arguments fill the unset flags), the model on ``device`` (channels-last,
+    compiled when asked) and its wrapper for [0, 1] inputs."""
     state_dict = source = None
     if args.checkpoint:
         source, state_dict, recorded = load_eval_checkpoint(args.checkpoint, args.use_ema)
@@ -93,96 +132,88 @@ def validate(args) -> Dict[str, Any]:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
     valid_labels = load_valid_labels(args.valid_labels, num_classes) if args.valid_labels else None
     evaluated = wrap_for_eval(model, data_config['mean'], data_config['std'], valid_labels).eval()
-    num_outputs = len(valid_labels) if valid_labels else num_classes
+    return _EvalModel(evaluated, source, param_count, data_config,
+                      len(valid_labels) if valid_labels else num_classes)
 
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype)) \
-        if args.amp else nullcontext
+
+def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable[[], ContextManager]:
+    if not args.amp:
+        return nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
+
+
+def _loader_args(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """``create_loader`` arguments shared by the dataset and the -C loaders: [0, 1] images (the normalisation
+    is inside the evaluated model)."""
     channels = data_config['input_size'][0]
-    loader_args = dict(  # [0, 1] images: the normalisation is inside `evaluated`
+    return dict(
         batch_size=args.batch_size, use_prefetcher=not args.no_prefetcher and device.type == 'cuda',
         interpolation=data_config['interpolation'], mean=(0.0,) * channels, std=(1.0,) * channels,
         num_workers=args.workers, crop_mode=data_config.get('crop_mode'), pin_memory=args.pin_mem, device=device)
-    run_args = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                    progress=args.progress, log_freq=args.log_freq)
-
-    results: Dict[str, Any] = OrderedDict()
-    loader = None
-    if options['has_data']:
-        dataset = create_eval_dataset(
-            args.dataset, args.data_dir or args.data, split=args.split, class_map=args.class_map,
-            download=args.dataset_download, num_samples=args.num_samples, input_key=args.input_key,
-            input_img_mode=args.input_img_mode or ('RGB' if channels == 3 else 'L'), target_key=args.target_key,
-            trust_remote_code=args.dataset_trust_remote_code, seed=args.seed)
-        class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
-        if class_to_idx and len(class_to_idx) > num_outputs:
-            raise EvaluationError(f'the dataset has {len(class_to_idx)} classes but the model predicts {num_outputs}; '
-                                  f'pass the matching --num-classes / --checkpoint')
-        loader = create_loader(dataset, input_size=data_config['input_size'], crop_pct=data_config['crop_pct'],
-                               **loader_args)
-        constants = args.corrupt_constants
-        if constants == 'auto':
-            constants = 'cifar' if max(data_config['input_size'][1:]) <= 64 else 'imagenet'
-        variants = {'clean': None, **corruption_variants(
-            options['corruptions'], options['severities'], constants, args.seed, device)}
-        desc = 'clean' + (f' + {len(variants) - 1} corruption/severity pairs' if len(variants) > 1 else '')
-        metrics = evaluate_variants(evaluated, loader, variants, desc=desc, **run_args)
-        clean = metrics.pop('clean')
-        results['clean'] = OrderedDict(
-            model=args.model, **{k: clean[k] for k in ('top1', 'top1_err', 'top5', 'top5_err')},
-            param_count=round(param_count / 1e6, 2), img_size=data_config['input_size'][-1],
-            crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation'])
-        if source:
-            results['clean']['checkpoint'] = source
-        _logger.info(f" * Acc@1 {clean['top1']:.3f} ({clean['top1_err']:.3f}) "
-                     f"Acc@5 {clean['top5']:.3f} ({clean['top5_err']:.3f}) on {clean['count']} images")
-        if options['corruptions']:
-            rows = [OrderedDict(source='on-the-fly', corruption=name, severity=severity,
-                                **{k: m[k] for k in ('top1', 'top1_err', 'top5', 'top5_err')})
-                    for (name, severity), m in metrics.items()]
-            results['corruptions'] = rows
-            results['corruption_summary'] = summarize_corruptions(rows, 'on-the-fly')
-            results['corruption_summary']['constants'] = constants
-
-    if options['c_plan']:
-        def make_loader(c_dataset):
-            # -C images are final-size: crop_pct 1.0 resizes only if the model's input size differs
-            return create_loader(c_dataset, input_size=data_config['input_size'], crop_pct=1.0,
-                                 persistent_workers=False, **loader_args)
-
-        rows = evaluate_corruption_dir(evaluated, args.corruption_dir, options['c_format'], options['c_plan'],
-                                       make_loader, num_classes=num_outputs, **run_args)
-        results['corruptions'] = rows
-        clean_top1 = results['clean']['top1'] if 'clean' in results else None
-        results['corruption_summary'] = summarize_corruptions(rows, options['c_format'], clean_top1)
-
-    if options['attacks']:
-        if args.amp:
-            _logger.info('Attacks run in float32 (autocast off) for exact input gradients.')
-        results['attacks'] = evaluate_attacks(
-            evaluated, loader, options['attacks'], options['eps'], steps=args.attack_steps,
-            step_size=options['step_size'], restarts=args.attack_restarts, seed=args.seed,
-            samples=args.attack_samples, batch_size=args.batch_size, device=device,
-            progress=args.progress)
-    return results
 
 
-def summary_text(results: Dict[str, Any]) -> str:
-    """The tables printed at the end of a run."""
-    parts = []
-    if 'clean' in results:
-        parts.append(format_table([results['clean']], _CLEAN_COLUMNS, title='Clean', floatfmt='.3f'))
-    if results.get('corruptions'):
-        summary = results['corruption_summary']
-        matrix = corruption_matrix(results['corruptions'])
-        parts.append(format_table(matrix, title=f"Top-1 error (%) by corruption and severity ({summary['source']})"))
-        figures = [('mean corruption error', summary.get('mean_corruption_error')), ('mCE', summary.get('mce')),
-                   ('relative mCE', summary.get('relative_mce'))]
-        parts.append('  '.join(f'{name}: {value:.2f}' for name, value in figures if value is not None))
-    if results.get('attacks'):
-        parts.append(format_table(
-            results['attacks'], ('attack', 'eps_text', 'steps', 'restarts', 'top1', 'top1_err', 'clean_top1', 'count'),
-            headers=dict(eps_text='eps'), title='Accuracy under attack (%)'))
-    return '\n\n'.join(parts)
+def _create_loader(args: argparse.Namespace, model: _EvalModel, loader_args: Dict[str, Any]) -> Iterable:
+    """The ``--data-dir`` / ``--dataset`` loader, refused when the data has more classes than the model predicts."""
+    data_config = model.data_config
+    dataset = create_eval_dataset(
+        args.dataset, args.data_dir or args.data, split=args.split, class_map=args.class_map,
+        download=args.dataset_download, num_samples=args.num_samples, input_key=args.input_key,
+        input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
+        target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code, seed=args.seed)
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if class_to_idx and len(class_to_idx) > model.num_outputs:
+        raise EvaluationError(f'the dataset has {len(class_to_idx)} classes but the model predicts '
+                              f'{model.num_outputs}; pass the matching --num-classes / --checkpoint')
+    return create_loader(dataset, input_size=data_config['input_size'], crop_pct=data_config['crop_pct'],
+                         **loader_args)
+
+
+def _evaluate_clean_and_corrupted(args: argparse.Namespace, options: Dict[str, Any], model: _EvalModel,
+                                  loader: Iterable, run_args: Dict[str, Any]) -> Dict[str, Any]:
+    """The clean pass and every ``--corrupt`` variant in one pass over ``loader``: the ``clean`` section and,
+    with corruptions, the ``corruptions`` rows and their ``corruption_summary``."""
+    data_config = model.data_config
+    constants = args.corrupt_constants
+    if constants == 'auto':
+        constants = 'cifar' if max(data_config['input_size'][1:]) <= 64 else 'imagenet'
+    variants = {'clean': None, **corruption_variants(
+        options['corruptions'], options['severities'], constants, args.seed, run_args['device'])}
+    desc = 'clean' + (f' + {len(variants) - 1} corruption/severity pairs' if len(variants) > 1 else '')
+    metrics = evaluate_variants(model.evaluated, loader, variants, desc=desc, **run_args)
+    clean = metrics.pop('clean')
+    sections: Dict[str, Any] = OrderedDict(clean=OrderedDict(
+        model=args.model, **{k: clean[k] for k in _ACCURACY},
+        param_count=round(model.param_count / 1e6, 2), img_size=data_config['input_size'][-1],
+        crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation']))
+    if model.source:
+        sections['clean']['checkpoint'] = model.source
+    _logger.info(f" * Acc@1 {clean['top1']:.3f} ({clean['top1_err']:.3f}) "
+                 f"Acc@5 {clean['top5']:.3f} ({clean['top5_err']:.3f}) on {clean['count']} images")
+    if options['corruptions']:
+        rows = [OrderedDict(source='on-the-fly', corruption=name, severity=severity, **{k: m[k] for k in _ACCURACY})
+                for (name, severity), m in metrics.items()]
+        sections['corruptions'] = rows
+        sections['corruption_summary'] = summarize_corruptions(rows, 'on-the-fly')
+        sections['corruption_summary']['constants'] = constants
+    return sections
+
+
+def _evaluate_released_c(args: argparse.Namespace, options: Dict[str, Any], model: _EvalModel,
+                         loader_args: Dict[str, Any], run_args: Dict[str, Any],
+                         clean: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The ``--corruption-dir`` set: its ``corruptions`` rows and ``corruption_summary`` (relative mCE when the
+    clean pass ran)."""
+    data_config = model.data_config
+
+    def make_loader(c_dataset):
+        # -C images are final-size: crop_pct 1.0 resizes only if the model's input size differs
+        return create_loader(c_dataset, input_size=data_config['input_size'], crop_pct=1.0,
+                             persistent_workers=False, **loader_args)
+
+    rows = evaluate_corruption_dir(model.evaluated, args.corruption_dir, options['c_format'], options['c_plan'],
+                                   make_loader, num_classes=model.num_outputs, **run_args)
+    summary = summarize_corruptions(rows, options['c_format'], clean['top1'] if clean else None)
+    return OrderedDict(corruptions=rows, corruption_summary=summary)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -190,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup_default_logging()
     try:
         args, _ = parse_validate_args(argv)
-        results = validate(args)
+        results = run_validation(args)
     except (EvaluationError, CheckpointError, ConfigError) as e:
         _logger.error(str(e))
         return 1

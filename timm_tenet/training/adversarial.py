@@ -38,21 +38,13 @@ import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from ..robustness.attacks import NormalizedModel, fgsm, pgd
+from ..robustness.attacks import NormalizedModel, fgsm, format_eps, pgd
 from ..utils.modes import eval_mode
 
 __all__ = ['ADV_METHODS', 'AdversarialConfig', 'AdversarialExamples', 'FreeAdversarialBatches',
-           'adversarial_training', 'format_eps']
+           'adversarial_training']
 
 ADV_METHODS = ('fgsm', 'pgd', 'free')
-
-
-def format_eps(value: float) -> str:
-    """``8/255`` for multiples of 1/255, else the number."""
-    grey = value * 255
-    if grey > 0 and abs(grey - round(grey)) < 1e-6:
-        return f'{round(grey)}/255'
-    return f'{value:.4g}'
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed
     trim_summary, update_summary
 
 from ..utils.errors import first_line
-from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training, format_eps
-from ..robustness.attacks import parse_eps
+from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training
+from ..robustness.attacks import format_eps, parse_eps
 from ..utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
 from ..utils.io import atomic_write_text
 from .checkpoint import AtomicCheckpointSaver, restore_training_state
