@@ -31,6 +31,7 @@ import timm
 from timm_tenet import TenetConfig, TenetTask
 from timm_tenet import hub
 from timm_tenet.hub import EXPORT_FILES, ExportError, HubError
+from timm_tenet.robustness.results import read_results
 
 NUM_CLASSES = 5
 CHANNELS = (8, 16, 32, 64)  # a ResNet-18 of 0.2 M parameters
@@ -462,7 +463,7 @@ def test_card_carries_the_numbers_of_the_results_files(exported):
 def test_results_without_severities_or_known_keys_still_render(tmp_path):
     path = tmp_path / 'odd.json'
     path.write_text(json.dumps({'corruption_errors': [{'corruption': 'snow', 'ce': 0.75}], 'note': 'x|y'}))
-    rows = hub.read_results(path)
+    rows = read_results(path)
     card = hub.model_card({'architecture': 'resnet18', 'num_classes': 3}, 'a/b', results=rows)
     assert '| snow | 0.75 |' in card and 'x\\|y' in card
 
@@ -486,7 +487,7 @@ def test_sectioned_results_render_the_same_from_json_and_csv(tmp_path):
         for section, value in sections.items():
             for row in [value] if isinstance(value, dict) else value:
                 writer.writerow({'section': section, **row})
-    cards = [hub.model_card({'architecture': 'resnet18', 'num_classes': 3}, 'a/b', results=hub.read_results(p))
+    cards = [hub.model_card({'architecture': 'resnet18', 'num_classes': 3}, 'a/b', results=read_results(p))
              for p in (tmp_path / 'r.json', tmp_path / 'r.csv')]
     assert cards[0] == cards[1]
     assert '| local-dir:export | 93.1 | 6.9 | model_best.pth.tar |' in cards[0]

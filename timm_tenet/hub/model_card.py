@@ -1,23 +1,21 @@
-"""The ``README.md`` model card of a TENET export: timm's metadata block, the TENET settings, the training
-command and arguments (local paths hidden), and tables of ``validate.py`` results."""
+"""The ``README.md`` model card of a TENET export: timm's own card (metadata block, model details, usage,
+citation) with the TENET settings, the training command and arguments (local paths hidden), and tables of
+``validate.py`` results."""
 import math
 import os
 import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+from timm.models._hub import generate_readme
 
-__all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'PAPER', 'dataset_ids', 'model_card']
+from ..models.tenet_models import TENET_PAPER
+
+__all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'dataset_ids', 'model_card']
 
 CARD_TAGS = ('image-classification', 'timm', 'tenet', 'robustness')
 DEFAULT_LICENSE = 'apache-2.0'
 
-# the paper, as timm's pretrained_cfg fields (config.json repeats them)
-PAPER = dict(
-    paper_name='Group-wise Inhibition based Feature Regularization for Robust Classification',
-    paper_ids='arXiv:2103.02152',
-    origin_url='https://github.com/LinusWu/TENET_Training',
-)
 _CITATION = """@inproceedings{liu2021tenet,
   title={Group-wise Inhibition based Feature Regularization for Robust Classification},
   author={Liu, Haozhe and Wu, Haoqian and Xie, Weicheng and Liu, Feng and Shen, Linlin},
@@ -186,12 +184,13 @@ def model_card(
         metric: Optional[float] = None,
         weights: str = 'state_dict',
 ) -> str:
-    """The ``README.md`` of an export: timm's metadata block, then TENET settings, training and results.
+    """The ``README.md`` of an export: timm's card (``timm.models._hub.generate_readme``: metadata block,
+    description, model details, usage, citation) with the TENET settings, training and results before the usage.
 
     Args:
         config: The export's ``config.json`` (architecture, num_classes, pretrained_cfg, tenet).
         repo_id: Hub repository the card is for (``namespace/name``).
-        results: Result rows (see :func:`timm_tenet.hub.export.read_results`), shown in tables.
+        results: Result rows (see :func:`timm_tenet.robustness.results.read_results`), shown in tables.
         train_command: The command line that trained the model.
         train_args: Training arguments, shown as YAML (unset values dropped, local paths hidden).
         license: License of the weights (metadata ``license``).
@@ -201,79 +200,106 @@ def model_card(
         metric: Evaluation metric the checkpoint was selected by.
         weights: ``'state_dict_ema'`` for EMA weights.
     """
-    arch = config['architecture']
-    tenet = config.get('tenet') or {}
-    pcfg = config.get('pretrained_cfg') or {}
-    name = repo_id.split('/')[-1]
-    trained_as = tenet.get('model') or arch
-    front = dict(tags=list(CARD_TAGS), library_name='timm', pipeline_tag='image-classification', license=license)
-    if datasets:
-        front['datasets'] = list(datasets)
-    lines = ['---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', f'# Model card for {name}', '']
-    lines += [
-        f'A `{arch}` image classification model trained with TENET (group-wise inhibition feature '
-        f'regularization, ICCV 2021) as `{trained_as}`. TENET changes training only: the weights are plain '
-        f'`{arch}` weights, with the same inference cost.',
-        '',
-    ]
-    if tenet.get('requires') == 'timm_tenet':
-        lines += [
-            f'`{arch}` is registered by `timm_tenet` (this project), not by timm: '
-            f'install `timm_tenet` and `import timm_tenet` before loading these weights.', '']
+    card = dict(
+        tags=list(CARD_TAGS), license=license,
+        description=_description(config),
+        details=_details(config, datasets, param_count, epoch, metric, weights),
+        usage=_usage(config, repo_id),
+        citation=_CITATION,
+    )
+    head, usage = generate_readme(card, repo_id.split('/')[-1]).split('\n## Model Usage\n', 1)
+    tenet_sections = [_tenet_settings(config.get('tenet') or {}), _training(train_command, train_args)]
+    if results:
+        tenet_sections.append('## Evaluation\n\n' + _results_markdown(results))
+    return '\n'.join([head] + [s for s in tenet_sections if s] + ['## Model Usage' + '\n' + usage])
 
-    lines += ['## Model Details', '- **Model Type:** Image classification / feature backbone',
-              f'- **Architecture:** `{arch}`' + (f' (trained as `{trained_as}`)' if trained_as != arch else ''),
-              '- **Model Stats:**']
+
+def _trained_as(config: Dict[str, Any]) -> str:
+    return (config.get('tenet') or {}).get('model') or config['architecture']
+
+
+def _needs_timm_tenet(config: Dict[str, Any]) -> bool:
+    return (config.get('tenet') or {}).get('requires') == 'timm_tenet'
+
+
+def _description(config: Dict[str, Any]) -> str:
+    arch = config['architecture']
+    text = (f'A `{arch}` image classification model trained with TENET (group-wise inhibition feature '
+            f'regularization, ICCV 2021) as `{_trained_as(config)}`. TENET changes training only: the weights are '
+            f'plain `{arch}` weights, with the same inference cost.')
+    if _needs_timm_tenet(config):
+        text += (f'\n\n`{arch}` is registered by `timm_tenet` (this project), not by timm: '
+                 f'install `timm_tenet` and `import timm_tenet` before loading these weights.')
+    return text
+
+
+def _details(config: Dict[str, Any], datasets: Sequence[str], param_count: Optional[float], epoch: Optional[int],
+             metric: Optional[float], weights: str) -> Dict[str, Any]:
+    """timm's ``Model Details`` entries: type, architecture, stats, preprocessing, checkpoint, data, papers."""
+    arch, trained_as = config['architecture'], _trained_as(config)
+    pcfg = config.get('pretrained_cfg') or {}
+    stats = {}
     if param_count is not None:
-        lines.append(f'  - Params (M): {param_count:.2f}')
+        stats['Params (M)'] = f'{param_count:.2f}'
     names = config.get('label_names')
     shown = f" ({', '.join(map(str, names[:20]))}{', ...' if len(names) > 20 else ''})" \
         if isinstance(names, list) and names else ''
-    lines.append(f"  - Classes: {config.get('num_classes')}{shown}")
+    stats['Classes'] = f"{config.get('num_classes')}{shown}"
     if pcfg.get('input_size'):
-        lines.append(f"  - Image size: {' x '.join(map(str, pcfg['input_size'][1:]))}")
+        stats['Image size'] = ' x '.join(map(str, pcfg['input_size'][1:]))
+    details = {
+        'Model Type': 'Image classification / feature backbone',
+        'Architecture': f'`{arch}`' + (f' (trained as `{trained_as}`)' if trained_as != arch else ''),
+        'Model Stats': stats,
+    }
     preprocessing = {k: pcfg[k] for k in ('crop_pct', 'crop_mode', 'interpolation', 'mean', 'std') if k in pcfg}
     if preprocessing:
-        lines.append('- **Preprocessing:** ' + ', '.join(f'{k} {_fmt(v)}' for k, v in preprocessing.items()))
-    source = 'EMA weights' if weights == 'state_dict_ema' else 'Weights'
+        details['Preprocessing'] = ', '.join(f'{k} {_fmt(v)}' for k, v in preprocessing.items())
     if epoch is not None or metric is not None:
-        lines.append(f'- **Checkpoint:** {source}' + (f' of epoch {epoch}' if epoch is not None else '')
-                     + (f' (evaluation metric {_fmt(metric)})' if metric is not None else ''))
+        details['Checkpoint'] = ('EMA weights' if weights == 'state_dict_ema' else 'Weights') \
+            + (f' of epoch {epoch}' if epoch is not None else '') \
+            + (f' (evaluation metric {_fmt(metric)})' if metric is not None else '')
     if datasets:
-        lines.append(f"- **Dataset:** {', '.join(datasets)}")
-    lines += ['- **Papers:**', f"  - {PAPER['paper_name']}: https://arxiv.org/abs/2103.02152",
-              f"- **Original:** {PAPER['origin_url']} (TENET reference code), "
-              f"https://github.com/huggingface/pytorch-image-models",
-              '- **Trained and exported with:** `timm_tenet` (this project), a TENET plugin for timm', '']
+        details['Dataset'] = list(datasets)  # timm lists them in the metadata block too
+    details['Papers'] = {TENET_PAPER['paper_name']: 'https://arxiv.org/abs/' + TENET_PAPER['paper_ids'].split(':')[-1]}
+    details['Original'] = f"{TENET_PAPER['origin_url']} (TENET reference code), " \
+                          f"https://github.com/huggingface/pytorch-image-models"
+    details['Trained and exported with'] = '`timm_tenet` (this project), a TENET plugin for timm'
+    return details
 
-    lines += ['## TENET settings', '']
-    if tenet.get('config'):
-        rows = list(tenet['config'].items())
-        if tenet.get('step') is not None:
-            rows.append(('training steps counted', tenet['step']))
-        lines += [_table(['setting', 'value'], rows)]
-    else:
-        lines += ['The checkpoint records no TENET settings.', '']
 
-    if train_command or train_args:
-        lines += ['## Training', '']
-        if train_command:
-            lines += ['```bash', _public_command(train_command), '```', '']
-        if train_args:
-            lines += ['<details>', '<summary>Training arguments</summary>', '', '```yaml',
-                      yaml.safe_dump(_public_args(train_args), sort_keys=True).rstrip(), '```', '', '</details>', '']
+def _tenet_settings(tenet: Dict[str, Any]) -> str:
+    if not tenet.get('config'):
+        return '## TENET settings\n\nThe checkpoint records no TENET settings.\n'
+    rows = list(tenet['config'].items())
+    if tenet.get('step') is not None:
+        rows.append(('training steps counted', tenet['step']))
+    return '## TENET settings\n\n' + _table(['setting', 'value'], rows)
 
-    if results:
-        lines += ['## Evaluation', '', _results_markdown(results)]
 
+def _training(train_command: Optional[str], train_args: Optional[Dict[str, Any]]) -> str:
+    """The training command and arguments, local paths hidden; empty when neither is known."""
+    if not (train_command or train_args):
+        return ''
+    lines = ['## Training', '']
+    if train_command:
+        lines += ['```bash', _public_command(train_command), '```', '']
+    if train_args:
+        lines += ['<details>', '<summary>Training arguments</summary>', '', '```yaml',
+                  yaml.safe_dump(_public_args(train_args), sort_keys=True).rstrip(), '```', '', '</details>', '']
+    return '\n'.join(lines)
+
+
+def _usage(config: Dict[str, Any], repo_id: str) -> str:
+    arch = config['architecture']
     imports = ['import timm']
-    if tenet.get('requires') == 'timm_tenet':
+    if _needs_timm_tenet(config):
         imports.append(f'import timm_tenet  # registers {arch}, which stock timm does not have')
     else:
         imports[0] += '  # stock timm is enough, timm_tenet is not needed'
-    lines += [
-        '## Model Usage', '', '### Image Classification', '```python', 'from urllib.request import urlopen',
-        'from PIL import Image', *imports, '',
+    return '\n'.join([
+        '', '### Image Classification', '```python', 'from urllib.request import urlopen', 'from PIL import Image',
+        *imports, '',
         "img = Image.open(urlopen('https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/"
         "beignets-task-guide.png'))",
         f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
@@ -282,7 +308,5 @@ def model_card(
         'output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
         'top5_probabilities, top5_class_indices = output.softmax(dim=1).topk(5)', '```', '',
         f"To fine-tune with TENET again, `timm_tenet.hub.create_model('hf-hub:{repo_id}', pretrained=True)` "
-        f'returns the model with these TENET settings as `model.tenet_cfg`.', '',
-        '## Citation', '```bibtex', _CITATION, '```', '',
-    ]
-    return '\n'.join(lines)
+        f'returns the model with these TENET settings as `model.tenet_cfg`.',
+    ])

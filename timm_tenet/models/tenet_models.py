@@ -27,11 +27,12 @@ from . import cifar  # noqa: F401  registers the CIFAR base architectures copied
 from ..config import TenetConfig
 from ..utils.network import offline_if_unreachable
 
-__all__ = ['TENET_BASES', 'base_architecture', 'create_tenet_model', 'get_tenet_config']  # + each entrypoint fn
+__all__ = ['TENET_BASES', 'TENET_PAPER', 'base_architecture', 'create_tenet_model', 'get_tenet_config']  # + each entrypoint fn
 
 _SUFFIX = '_tenet'
 _ARG_PREFIX = 'tenet_'
-_TENET_PAPER = dict(
+# the paper, as timm's pretrained_cfg fields (exports' config.json and model cards repeat them)
+TENET_PAPER = dict(
     paper_name='Group-wise Inhibition based Feature Regularization for Robust Classification',
     paper_ids='arXiv:2103.02152',
     origin_url='https://github.com/LinusWu/TENET_Training',
@@ -51,7 +52,7 @@ def _cfg(base: str, **kwargs) -> Dict[str, Any]:
     weights = cfg.get('hf_hub_id') or cfg.get('url')
     return {
         **cfg,
-        **_TENET_PAPER,
+        **TENET_PAPER,
         'license': cfg.get('license') or 'apache-2.0',
         'notes': (f'Base architecture {base}; TENET changes training only'
                   + (f', pretrained=True loads {weights}.' if weights else '.'),),

@@ -4,22 +4,32 @@ A result is one row (a dict of scalars), a list of rows, or a mapping of named s
 or a list of rows (``{'clean': {...}, 'corruptions': [...], 'attacks': [...]}``). JSON keeps that
 structure; CSV flattens it to one row per line with a ``section`` column. Files are written atomically
 (:func:`timm_tenet.utils.io.atomic_write_text`), so a reader never sees a half-written file and an interrupted
-run leaves the previous one intact.
+run leaves the previous one intact. :func:`read_results` reads such files (or any JSON / CSV of result rows)
+back, for the model card.
 """
 import csv
 import io
 import json
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+from ..utils.errors import first_line
 from ..utils.io import atomic_write_text
 
-__all__ = ['RESULT_FORMATS', 'Result', 'atomic_write_text', 'flatten_results', 'format_table', 'write_results']
+__all__ = [
+    'RESULT_FORMATS', 'Result', 'ResultsError', 'flatten_results', 'format_table',
+    'read_results', 'write_results',
+]
 
 RESULT_FORMATS = ('csv', 'json')
 
 Row = Mapping[str, Any]
 Result = Union[Row, Sequence[Row], Mapping[str, Union[Row, Sequence[Row]]]]
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read as result rows; the one-line message names it."""
 
 
 def _is_row(value: Any) -> bool:
@@ -128,3 +138,72 @@ def format_table(
     out += [line(names), '  '.join('-' * w for w in widths)]
     out += [line(r) for r in cells]
     return '\n'.join(out)
+
+
+
+def _is_value(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return len(v) <= 4 and all(isinstance(x, (str, int, float, bool)) or x is None for x in v)
+    return isinstance(v, (str, int, float, bool)) or v is None
+
+
+def _json_rows(obj: Any) -> Iterator[Dict[str, Any]]:
+    """Every dict of plain values in a JSON document, nested lists and dicts included, outer first."""
+    if isinstance(obj, list):
+        for item in obj:
+            yield from _json_rows(item)
+    elif isinstance(obj, dict):
+        row = {str(k): v for k, v in obj.items() if _is_value(v) and v is not None}
+        if row:
+            yield row
+        for v in obj.values():
+            if not _is_value(v):
+                yield from _json_rows(v)
+
+
+def _parse_csv_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _csv_rows(text: str) -> List[Dict[str, Any]]:
+    return [
+        {k.strip(): _parse_csv_value(v.strip()) for k, v in row.items() if k and v is not None and v.strip() != ''}
+        for row in csv.DictReader(io.StringIO(text))
+    ]
+
+
+def read_results(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The result rows of a ``validate.py`` results file: JSON (a dict, a list of dicts, or nested) or CSV.
+
+    Raises:
+        ResultsError: The file is missing, unreadable, or holds no rows (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results file not found: '{path}'")
+    try:
+        text = path.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"cannot read results file '{path}' ({first_line(e)})") from None
+    suffix = path.suffix.lower()
+    rows: List[Dict[str, Any]] = []
+    if suffix != '.csv':
+        try:
+            rows = list(_json_rows(json.loads(text)))
+        except json.JSONDecodeError as e:
+            if suffix == '.json':
+                raise ResultsError(f"results file '{path}' is not valid JSON ({first_line(e)})") from None
+    if not rows and suffix != '.json':
+        try:
+            rows = _csv_rows(text)
+        except csv.Error as e:
+            raise ResultsError(f"results file '{path}' is neither JSON nor CSV ({first_line(e)})") from None
+    rows = [r for r in rows if r]
+    if not rows:
+        raise ResultsError(f"results file '{path}' holds no results")
+    return rows
