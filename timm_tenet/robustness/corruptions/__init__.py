@@ -19,10 +19,10 @@ from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tupl
 
 import torch
 
-from .blur import defocus_blur, gaussian_blur, zoom_blur
+from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
 from .digital import contrast, jpeg_compression, pixelate
 from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
-from .weather import brightness
+from .weather import brightness, frost, snow
 
 __all__ = [
     'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'ALEXNET_ERRORS', 'ALEXNET_CLEAN_ERROR', 'corrupt', 'mce',
@@ -58,10 +58,26 @@ _BENCHMARK: Dict[str, _Corruption] = {
         defocus_blur,
         ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
         ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))),
+    'glass_blur': _Corruption(  # (sigma, max offset, passes)
+        glass_blur,
+        ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
+        ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))),
+    'motion_blur': _Corruption(  # ImageMagick (radius, sigma)
+        motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)), ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))),
     'zoom_blur': _Corruption(
         zoom_blur,
         ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),
         ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03))),
+    'snow': _Corruption(  # (mean, std, zoom, threshold, blur radius, blur sigma, image weight)
+        snow,
+        ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
+        ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))),
+    'frost': _Corruption(  # (image weight, frost weight, photo shrink factor: cv2.resize by 0.2 for CIFAR)
+        frost,
+        ((1, 0.2, 5), (1, 0.3, 5), (0.9, 0.4, 5), (0.85, 0.4, 5), (0.75, 0.45, 5)),
+        ((1, 0.4, 1), (0.8, 0.6, 1), (0.7, 0.7, 1), (0.65, 0.7, 1), (0.6, 0.75, 1))),
     'brightness': _Corruption(brightness, (0.05, 0.1, 0.15, 0.2, 0.3), (0.1, 0.2, 0.3, 0.4, 0.5)),
     'contrast': _Corruption(contrast, (0.75, 0.5, 0.4, 0.3, 0.15), (0.4, 0.3, 0.2, 0.1, 0.05)),
     'pixelate': _Corruption(pixelate, (0.95, 0.9, 0.85, 0.75, 0.65), (0.6, 0.5, 0.4, 0.3, 0.25)),

@@ -1,6 +1,9 @@
-"""Blur corruptions: gaussian (skimage), defocus (OpenCV disk), zoom (scipy zoom).
+"""Blur corruptions: gaussian (skimage), glass (skimage + local pixel copies), defocus (OpenCV disk), motion
+(ImageMagick), zoom (scipy zoom).
 
-Each reproduces the kernel and the border rule of the library the reference calls.
+Each reproduces the kernel and the border rule of the library the reference calls. The random ones draw
+from a ``torch.Generator`` on the input's device (their draws match the reference's in distribution) and
+hand the draws to an ``apply_*`` function, which equals the reference given the same draws.
 """
 import math
 from typing import Optional, Tuple
@@ -9,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._filters import correlate, gaussian_filter, gaussian_kernel1d
+from ._filters import (
+    clipped_zoom, correlate, gaussian_filter, gaussian_filter_scipy_order, gaussian_kernel1d, motion_blur_8bit)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -32,18 +36,8 @@ def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
 
 def defocus_blur(
         x: torch.Tensor, params: Tuple[float, float], generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    return correlate(x, _disk_kernel(*params), 'nearest')
-
-
-def _zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Centre zoom by ``factor`` keeping the size, as ImageNet-C's ``clipped_zoom`` (scipy order 1)."""
-    h, w = x.shape[-2:]
-    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    size = (round(ch * factor), round(cw * factor))
-    zoomed = F.interpolate(x[..., top:top + ch, left:left + cw], size=size, mode='bilinear', align_corners=True)
-    top, left = (size[0] - h) // 2, (size[1] - w) // 2
-    return zoomed[..., top:top + h, left:left + w]
+    """``cv2.filter2D`` with the anti-aliased disk ``(radius, alias_blur)`` and OpenCV's reflect-101 border."""
+    return correlate(x, _disk_kernel(*params), 'reflect101')
 
 
 def zoom_blur(
@@ -53,5 +47,82 @@ def zoom_blur(
     zooms = np.arange(*factors)
     out = x.clone()
     for factor in zooms:
-        out += _zoom(x, float(factor))
+        out += clipped_zoom(x, float(factor))
     return out / (len(zooms) + 1)
+
+
+def glass_index(h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Where each pixel's value comes from after the reference's sequential pixel "swaps", flattened to ``h * w``.
+
+    The reference walks rows ``h - d .. d + 1`` and, in each, columns ``w - d .. d + 1`` (both descending),
+    and runs ``x[r, c], x[r + dy, c + dx] = x[r + dy, c + dx], x[r, c]`` on numpy views: a copy from the
+    source into ``(r, c)``, not a swap. A source already visited holds its own copied value, so each pixel's
+    final source is found by following links to earlier-visited sources; the map does not depend on the
+    image, and pointer jumping resolves all chains at once (log2 of the pixel count rounds).
+
+    Args:
+        h: Image height.
+        w: Image width.
+        offsets: B x passes x (h - 2d) x (w - 2d) x 2 integers ``(dx, dy)`` in ``[-d, d - 1]``; index
+            ``[:, p, i, j]`` is drawn for row ``d + 1 + i`` and column ``d + 1 + j`` in pass ``p``.
+
+    Returns:
+        B x (h * w) indices into the flattened image.
+    """
+    b, passes, rows, cols, _ = offsets.shape
+    d = (h - rows) // 2
+    device = offsets.device
+    identity = torch.arange(h * w, device=device).expand(b, -1)
+    visited = torch.zeros(h, w, dtype=torch.bool, device=device)
+    visited[d + 1:h - d + 1, d + 1:w - d + 1] = True
+    visited = visited.flatten()
+    r = torch.arange(d + 1, h - d + 1, device=device)[:, None]
+    c = torch.arange(d + 1, w - d + 1, device=device)[None, :]
+    total = identity
+    for step in range(passes):
+        dx, dy = offsets[:, step].unbind(-1)
+        src = identity.clone()
+        src[:, visited] = ((r + dy) * w + (c + dx)).reshape(b, -1)
+        # visited earlier = later in row-major order, the walk being descending
+        linked = visited & visited[src] & (src > identity)
+        pointer = torch.where(linked, src, identity)
+        for _ in range(max(1, math.ceil(math.log2(h * w)))):
+            pointer = pointer.gather(1, pointer)
+        source = src.gather(1, pointer)
+        total = total.gather(1, source)  # the image after this pass reads the previous one at source
+    return total
+
+
+def apply_glass_blur(x: torch.Tensor, sigma: float, offsets: torch.Tensor) -> torch.Tensor:
+    """Glass blur with given copy ``offsets`` (see :func:`glass_index`): skimage ``gaussian`` (nearest
+    borders) of the 8-bit image, truncation to 8 bits, the copies as one gather, ``gaussian`` again. The
+    first blur runs in float64 in scipy's order so that the truncation falls as the reference's."""
+    b, c, h, w = x.shape
+    image = torch.round(x.double().clamp(0, 1) * 255) / 255
+    blurred = torch.floor(gaussian_filter_scipy_order(image, sigma, 'nearest') * 255).to(x.dtype) / 255
+    index = glass_index(h, w, offsets)[:, None].expand(-1, c, -1)
+    shuffled = blurred.flatten(2).gather(2, index).view(b, c, h, w)
+    return gaussian_filter(shuffled, sigma, 'nearest')
+
+
+def glass_blur(
+        x: torch.Tensor, params: Tuple[float, int, int], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``params`` = (sigma, max offset d, passes); offsets uniform on ``[-d, d - 1]``, numpy's ``randint(-d, d)``."""
+    sigma, delta, passes = params
+    b, _, h, w = x.shape
+    offsets = torch.randint(-delta, delta, (b, passes, h - 2 * delta, w - 2 * delta, 2),
+                            generator=generator, device=x.device)
+    return apply_glass_blur(x, sigma, offsets)
+
+
+def apply_motion_blur(x: torch.Tensor, params: Tuple[float, float], angle: torch.Tensor) -> torch.Tensor:
+    """ImageMagick's motion blur ``params`` = (radius, sigma) of the image rounded to 8 bits, at B ``angle``s."""
+    radius, sigma = params
+    return motion_blur_8bit(torch.round(x.clamp(0, 1) * 255) / 255, radius, sigma, angle)
+
+
+def motion_blur(
+        x: torch.Tensor, params: Tuple[float, float], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Motion blur along an angle uniform in [-45, 45) degrees per image."""
+    angle = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64) * 90 - 45
+    return apply_motion_blur(x, params, angle)
