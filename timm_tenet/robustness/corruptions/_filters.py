@@ -137,8 +137,8 @@ def gaussian_filter_scipy_order(x: torch.Tensor, sigma: float, mode: str, trunca
         size = x.shape[dim]
         out = padded.narrow(dim, radius, size) * kernel[radius]
         for j in range(radius, 0, -1):
-            pair = padded.narrow(dim, radius - j, size) + padded.narrow(dim, radius + j, size)
-            out = out + pair * kernel[radius + j]
+            pair = torch.add(padded.narrow(dim, radius - j, size), padded.narrow(dim, radius + j, size))
+            out.add_(pair.mul_(kernel[radius + j]))
         x = out
     return x
 

@@ -58,7 +58,7 @@ def glass_index(h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     and runs ``x[r, c], x[r + dy, c + dx] = x[r + dy, c + dx], x[r, c]`` on numpy views: a copy from the
     source into ``(r, c)``, not a swap. A source already visited holds its own copied value, so each pixel's
     final source is found by following links to earlier-visited sources; the map does not depend on the
-    image, and pointer jumping resolves all chains at once (log2 of the pixel count rounds).
+    image, and pointer jumping resolves all chains at once (log2 of the longest chain rounds).
 
     Args:
         h: Image height.
@@ -86,8 +86,11 @@ def glass_index(h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
         # visited earlier = later in row-major order, the walk being descending
         linked = visited & visited[src] & (src > identity)
         pointer = torch.where(linked, src, identity)
-        for _ in range(max(1, math.ceil(math.log2(h * w)))):
-            pointer = pointer.gather(1, pointer)
+        while True:  # chains are short, so a few rounds; each round halves the longest
+            jumped = pointer.gather(1, pointer)
+            if torch.equal(jumped, pointer):
+                break
+            pointer = jumped
         source = src.gather(1, pointer)
         total = total.gather(1, source)  # the image after this pass reads the previous one at source
     return total
