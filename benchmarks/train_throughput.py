@@ -21,7 +21,7 @@ from timm.optim import create_optimizer_v2
 
 from timm_tenet import create_tenet_model, get_tenet_config
 from timm_tenet.training.engine import train_one_epoch
-from timm_tenet.training.run import create_task
+from timm_tenet.training.factory import create_task
 
 
 def _loop(tenet: bool, args, device: torch.device):

@@ -21,7 +21,8 @@ from timm_tenet import TenetConfig, TenetTask
 from timm_tenet.training.adversarial import AdversarialConfig, AdversarialExamples, FreeAdversarialBatches, \
     adversarial_training
 from timm_tenet.training.args import parse_train_args
-from timm_tenet.training.run import TrainingError, run_training
+from timm_tenet.training.run import run_training
+from timm_tenet.training.settings import TrainingError
 from test_hub import MiniHub, closed_port_url, hub_env
 
 REPO = Path(__file__).resolve().parent.parent

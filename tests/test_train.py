@@ -65,7 +65,7 @@ def test_tenet_run_writes_args_summary_and_checkpoints(data_dir, tmp_path):
     out = Path(result.output_dir)
     assert {'args.yaml', 'summary.csv', 'train.log', 'last.pth.tar', 'model_best.pth.tar'} <= set(os.listdir(out))
     saved = yaml.safe_load((out / 'args.yaml').read_text())
-    assert (saved['tenet'], saved['tenet_groups'], saved['tenet_stage'], saved['tenet_period']) == (True, 2, -1, 2)
+    assert (saved['tenet'], saved['tenet_num_groups'], saved['tenet_stage'], saved['tenet_period']) == (True, 2, -1, 2)
     assert saved['tenet_weight'] == 0.1  # unset flags record the value used
     rows = _summary(out)
     assert [r['epoch'] for r in rows] == ['0', '1']
@@ -74,7 +74,7 @@ def test_tenet_run_writes_args_summary_and_checkpoints(data_dir, tmp_path):
     assert float(rows[1]['train_loss_inhibited']) > 0 and 0 < float(rows[1]['train_inhibited_frac']) <= 1
     last = _load(out / 'last.pth.tar')
     assert last['epoch'] == 1 and last['task_state']['tenet_step'] == 8  # 2 epochs x 4 steps
-    assert last['args']['tenet_groups'] == 2 and 'scheduler' in last
+    assert last['args']['tenet_num_groups'] == 2 and 'scheduler' in last
     assert result.best_metric == max(float(r['eval_top1']) for r in rows)
 
 

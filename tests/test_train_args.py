@@ -1,12 +1,14 @@
 """train.py's command line: timm's flag names and dests, -c YAML defaults, TENET resolution."""
+import dataclasses
+
 import pytest
 import timm
 import yaml
 
-import timm_tenet  # noqa: F401  registers the _tenet models
-from timm_tenet.training.args import ConfigError, args_to_yaml, build_train_parser, load_config_defaults, \
-    parse_train_args
-from timm_tenet.training.run import TrainingError, resolve_tenet_config
+from timm_tenet import TenetConfig  # also registers the _tenet models
+from timm_tenet.training.args import build_train_parser, parse_train_args
+from timm_tenet.utils.cli import ConfigError, args_to_yaml, load_config_defaults
+from timm_tenet.training.settings import TENET_ARGS, TrainingError, resolve_tenet_config
 
 
 def _write(tmp_path, text, name='cfg.yaml'):
@@ -36,7 +38,7 @@ def test_config_file_sets_defaults_and_command_line_overrides(tmp_path):
     args, text = parse_train_args(['-c', path, '--batch-size', '8'])
     assert args.model == 'test_resnet' and args.batch_size == 8
     assert args.lr == pytest.approx(1e-3) and isinstance(args.lr, float)  # YAML 1.1 reads 1e-3 as a string
-    assert args.tenet_groups == 4 and args.scale == [0.5, 1.0]
+    assert args.tenet_num_groups == 4 and args.scale == [0.5, 1.0]
     assert yaml.safe_load(text)['batch_size'] == 8
 
 
@@ -71,7 +73,7 @@ def test_tenet_defaults_on_for_tenet_models_off_for_plain_ones():
     model = timm.create_model(args.model, num_classes=10)
     cfg = resolve_tenet_config(args, model)
     assert args.tenet is True and cfg == model.tenet_cfg
-    assert (args.tenet_groups, args.tenet_stage, args.tenet_warmup_steps, args.tenet_period) == (6, 3, 500, 3)
+    assert (args.tenet_num_groups, args.tenet_stage, args.tenet_warmup_steps, args.tenet_period) == (6, 3, 500, 3)
 
     args, _ = parse_train_args(['--model', 'cifar_resnet18'])
     assert resolve_tenet_config(args, timm.create_model(args.model)) is None and args.tenet is False
@@ -87,6 +89,18 @@ def test_tenet_flags_override_the_model_settings():
     cfg = resolve_tenet_config(args, timm.create_model('test_resnet'))
     assert (cfg.num_groups, cfg.stage, cfg.weight, cfg.orth_weight, cfg.warmup_steps, cfg.period,
             cfg.kmeans_iters) == (4, -1, 0.3, 0.0, 7, 2, 3)
+
+
+def test_tenet_flags_and_keys_are_named_after_the_config_fields(tmp_path):
+    """--tenet-<field> / tenet_<field> for every TenetConfig field they set; the former --tenet-groups name
+    (flag and config key) still sets num_groups."""
+    assert set(TENET_ARGS) == {f'tenet_{field}' for field in TENET_ARGS.values()}
+    assert {f.name for f in dataclasses.fields(TenetConfig)} >= set(TENET_ARGS.values())
+    for flag in ('--tenet-num-groups', '--tenet-groups'):
+        args, _ = parse_train_args(['--model', 'test_resnet', flag, '4'])
+        assert args.tenet_num_groups == 4
+    args, _ = parse_train_args(['-c', _write(tmp_path, 'tenet_num_groups: 5\n')])
+    assert args.tenet_num_groups == 5
 
 
 def test_invalid_tenet_setting_is_a_training_error():

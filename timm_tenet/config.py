@@ -19,8 +19,10 @@ class TenetConfig:
             ``forward_features`` / ``forward_head`` (works for every timm model).
         weight: Weight of the cross-entropy on inhibited features.
         orth_weight: Weight of the orthogonality loss between group maps.
-        warmup_steps: Training forward calls before the first TENET step.
-        period: A TENET step runs on every ``period``-th training forward call after warm-up.
+        warmup_steps: Training forward calls before the first TENET step. Forward calls, not optimizer
+            updates as timm's schedulers count: with ``--grad-accum-steps k`` an update takes ``k`` calls.
+        period: A TENET step runs on every ``period``-th training forward call after warm-up (also calls,
+            not updates).
         kmeans_iters: Lloyd iterations of the channel grouping.
         medoid: Snap every k-means centre to its nearest real channel, as the reference does.
         only_correct: Inhibit only samples that the clean pass already classifies correctly.

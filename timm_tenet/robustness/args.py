@@ -7,7 +7,8 @@ from timm.utils import ParseKwargs
 
 from .attacks import ATTACKS
 from .results import RESULT_FORMATS
-from ..training.args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args, parse_args_with_config
+from ..training.args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args
+from ..utils.cli import parse_args_with_config
 
 __all__ = ['C_FORMATS', 'CORRUPTION_CONSTANTS', 'build_validate_parser', 'parse_validate_args']
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 from timm.data import create_loader, resolve_data_config
 from timm.utils import random_seed, setup_default_logging
 
-from ..training.args import ConfigError
 from ..utils.checkpoint import CheckpointError
+from ..utils.cli import ConfigError
 from .args import parse_validate_args
 from .attack_eval import evaluate_attacks
 from .corruption_eval import corruption_variants, evaluate_corruption_dir, plan_corruption_dir

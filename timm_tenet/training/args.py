@@ -1,23 +1,16 @@
-"""Command line of ``train.py``: timm's training flags (same names, dests and defaults) plus TENET's,
-and ``-c/--config`` YAML files that set defaults and name any key they do not know."""
+"""Command line of ``train.py``: timm's training flags (same names, dests and defaults) plus TENET's, adversarial
+training's and the Hub push's, one flag a line; ``-c/--config`` files are read by :mod:`timm_tenet.utils.cli`."""
 import argparse
-import difflib
-import os
-import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-import yaml
 from timm.utils import ParseKwargs
 
+from ..utils.cli import parse_args_with_config
+
 __all__ = [
-    'ConfigError', 'add_dataset_reader_args', 'add_dataset_source_args', 'add_model_input_args', 'args_to_dict',
-    'args_to_yaml', 'build_train_parser', 'config_dests', 'load_config_defaults', 'parse_args_with_config',
+    'add_dataset_reader_args', 'add_dataset_source_args', 'add_model_input_args', 'build_train_parser',
     'parse_train_args',
 ]
-
-
-class ConfigError(ValueError):
-    """A ``-c/--config`` file that cannot be used (unreadable, not a mapping, or an unknown key)."""
 
 
 def add_dataset_source_args(group: argparse._ArgumentGroup) -> None:
@@ -344,8 +337,8 @@ def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
                             'reference defaults (6 groups, stage 3, weight 0.1, orth 1e-3, warm-up 500, period 3).')
     group.add_argument('--tenet', action=argparse.BooleanOptionalAction, default=None,
                        help='Train with TENET (default: on for "<arch>_tenet" models, off otherwise).')
-    group.add_argument('--tenet-groups', type=int, default=None, metavar='N',
-                       help='Channel groups per sample (N_G).')
+    group.add_argument('--tenet-num-groups', '--tenet-groups', type=int, default=None, metavar='N',
+                       help='Channel groups per sample (N_G); --tenet-groups is the former name.')
     group.add_argument('--tenet-stage', type=int, default=None, metavar='N',
                        help='1-based stage whose output is inhibited; -1 = forward_features/forward_head boundary.')
     group.add_argument('--tenet-weight', type=float, default=None,
@@ -353,9 +346,9 @@ def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--tenet-orth-weight', type=float, default=None,
                        help='Weight of the orthogonality loss between group maps.')
     group.add_argument('--tenet-warmup-steps', type=int, default=None, metavar='N',
-                       help='Training steps before the first TENET step.')
+                       help='Training forward calls (batches, not optimizer updates) before the first TENET step.')
     group.add_argument('--tenet-period', type=int, default=None, metavar='N',
-                       help='A TENET step runs every N-th training step after warm-up.')
+                       help='A TENET step runs on every N-th training forward call after warm-up.')
     group.add_argument('--tenet-kmeans-iters', type=int, default=None, metavar='N',
                        help='k-means iterations of the channel grouping.')
 
@@ -410,109 +403,6 @@ def build_train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_dests(parser: argparse.ArgumentParser) -> List[str]:
-    """The keys a config file may set: every dest of ``parser`` (``config`` itself is read and ignored)."""
-    return [a.dest for a in parser._actions if a.dest not in (argparse.SUPPRESS, 'help')]
-
-
-def load_config_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
-    """Read a YAML file of ``{argparse dest: value}`` and make its values the parser's defaults.
-
-    Values are then overridden by anything given on the command line, as with timm's ``-c``. Unlike
-    timm, every key must be a dest of ``parser``: an unknown key is a :class:`ConfigError` that names
-    it (and the closest known dest), so a misspelt key cannot silently leave a default in place.
-
-    Args:
-        parser: The parser whose defaults are set.
-        path: YAML file; empty files set nothing.
-
-    Returns:
-        The mapping read from the file.
-
-    Examples:
-
-        ```python
-        parser = build_train_parser()
-        load_config_defaults(parser, 'hparams/digits_resnet18_tenet.yaml')
-        args = parser.parse_args(['--epochs', '2'])
-        ```
-    """
-    try:
-        with open(path, 'r') as f:
-            config = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file '{path}': {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
-        mark = getattr(e, 'problem_mark', None)
-        where = f' (line {mark.line + 1})' if mark is not None else ''
-        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of argument names to values, "
-                          f'got {type(config).__name__}')
-    dests = config_dests(parser)
-    for key in config:
-        if key not in dests:
-            suggestion = str(key).replace('-', '_').lstrip('_')
-            close = [suggestion] if suggestion in dests else difflib.get_close_matches(str(key), dests, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ''
-            raise ConfigError(f"unknown key '{key}' in config file '{path}'{hint} "
-                              f'(keys are argument dests, e.g. batch_size for --batch-size)')
-    config.pop('config', None)  # an args.yaml written by train.py names the file it came from
-    parser.set_defaults(**config)
-    return config
-
-
-# argparse reads '-8/255' as an unknown option ("expected one argument" and the usage); numbers and fractions
-# starting with '-' are values, so that the eps flags can refuse them with their own one-line message
-_NEGATIVE_VALUE = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*/\s*\d*\.?\d+)?$')
-
-
-def parse_args_with_config(
-        parser: argparse.ArgumentParser,
-        argv: Optional[Sequence[str]] = None,
-) -> Tuple[argparse.Namespace, str]:
-    """Two-stage parse as timm's scripts: ``-c FILE`` sets defaults, the rest of ``argv`` overrides them.
-
-    Returns:
-        The parsed namespace and its YAML text (for ``args.yaml``).
-    """
-    parser._negative_number_matcher = _NEGATIVE_VALUE  # private, but read by every Python 3 argparse
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument('-c', '--config', default='', type=str)
-    config_args, _ = config_parser.parse_known_args(argv)
-    if config_args.config:
-        load_config_defaults(parser, config_args.config)
-    args = parser.parse_args(argv)
-    return args, args_to_yaml(args)
-
-
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
     """Parse ``train.py``'s command line (``argv`` defaults to ``sys.argv[1:]``)."""
     return parse_args_with_config(build_train_parser(), argv)
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
-
-
-def args_to_dict(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """``args`` (only ``keys`` when given) as plain YAML/``weights_only``-safe values: tuples become
-    lists, other objects strings."""
-    values = vars(args)
-    return {k: _plain(values[k]) for k in (keys if keys is not None else values) if k in values}
-
-
-def args_to_yaml(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> str:
-    """YAML text of :func:`args_to_dict`, loadable again with ``-c``."""
-    return yaml.safe_dump(args_to_dict(args, keys), default_flow_style=False)

@@ -19,7 +19,7 @@ from timm.utils import CheckpointSaver, unwrap_model
 from ..utils.checkpoint import EMA_KEYS, CheckpointError, load_state_dict_checked
 from ..utils.errors import first_line
 from ..utils.io import TMP_MARK, atomic_save, tmp_path
-from .args import args_to_dict
+from ..utils.cli import args_to_dict
 
 __all__ = ['AtomicCheckpointSaver', 'restore_training_state']
 

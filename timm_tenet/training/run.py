@@ -4,58 +4,38 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
 
 import torch
-import torch.nn as nn
-from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
+from timm.data import Mixup, resolve_data_config
 from timm.layers import convert_sync_batchnorm
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, evaluation_sample_limit
-from timm.utils import NativeScaler, distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, \
-    trim_summary, update_summary
+from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, trim_summary, \
+    update_summary
 
-from ..utils.errors import first_line
-from .adversarial import ADV_METHODS, AdversarialConfig, adversarial_training
-from ..robustness.attacks import format_eps, parse_eps
-from ..utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
-from ..utils.io import atomic_write_text
-from .checkpoint import AtomicCheckpointSaver, restore_training_state
 from ..config import TenetConfig
+from ..data.dataset import DataError, count_skipped, create_train_eval_datasets
+from ..utils.checkpoint import CheckpointError, load_checkpoint_file
+from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
+from ..utils.errors import first_line
+from ..utils.io import atomic_write_text
+from .adversarial import AdversarialConfig, adversarial_training
+from .args import build_train_parser
+from .checkpoint import AtomicCheckpointSaver, restore_training_state
 from .engine import Perturb, evaluate_epoch, train_one_epoch
-from ..task import TenetTask
-from ..models.tenet_models import create_tenet_model, get_tenet_config
-from .args import args_to_dict, args_to_yaml, build_train_parser, config_dests
-from ..data.dataset import DataError, concat_splits_collate, count_skipped, create_train_eval_datasets
+from .factory import create_loaders, create_model, create_task
+from .settings import TrainingError, resolve_adversarial_config, resolve_amp, resolve_lr, \
+    resolve_push_settings, resolve_tenet_config
 
-__all__ = [
-    'TENET_ARGS', 'TrainResult', 'TrainingError', 'create_task', 'resolve_adversarial_config', 'resolve_push_settings',
-    'resolve_tenet_config', 'run_training',
-]
+__all__ = ['TrainResult', 'run_training', 'training_errors']
 
 _logger = logging.getLogger('train')
-
-# train.py flag dest -> TenetConfig field
-TENET_ARGS = dict(
-    tenet_groups='num_groups',
-    tenet_stage='stage',
-    tenet_weight='weight',
-    tenet_orth_weight='orth_weight',
-    tenet_warmup_steps='warmup_steps',
-    tenet_period='period',
-    tenet_kmeans_iters='kmeans_iters',
-)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on as configured; the message says why."""
-
 
 @dataclass
 class TrainResult:
@@ -66,92 +46,6 @@ class TrainResult:
     eval_metrics: Dict[str, float] = field(default_factory=dict)
     train_metrics: Dict[str, Optional[float]] = field(default_factory=dict)
     epochs: int = 0
-
-
-def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional[TenetConfig]:
-    """The TENET settings of this run, or None for plain training.
-
-    ``--tenet`` defaults to on for ``<arch>_tenet`` models and off otherwise. The settings start from
-    the model's ``tenet_cfg`` (else the reference defaults) and every ``--tenet-*`` flag given
-    overrides its field. ``args`` is updated with the values chosen, so ``args.yaml`` records them.
-    """
-    if args.tenet is None:
-        args.tenet = get_tenet_config(model) is not None or args.model.split('.')[0].endswith('_tenet')
-    if not args.tenet:
-        return None
-    base = get_tenet_config(model) or TenetConfig()
-    try:
-        cfg = base.replace(**{field_: getattr(args, dest) for dest, field_ in TENET_ARGS.items()})
-    except ValueError as e:
-        raise TrainingError(f'invalid TENET setting: {e}') from None
-    for dest, field_ in TENET_ARGS.items():
-        setattr(args, dest, getattr(cfg, field_))
-    return cfg
-
-
-def resolve_adversarial_config(args: argparse.Namespace) -> Optional[AdversarialConfig]:
-    """The adversarial training settings of this run (``--adv-*``), or None without ``--adv-train``.
-
-    Every ``--adv-*`` flag must apply to the chosen method (no flag is parsed and ignored). ``args`` is
-    updated with the values used (PGD steps and step size, free step size and replays), so ``args.yaml``
-    records them; ``--adv-eps`` keeps the text given (``8/255``), which ``-c args.yaml`` reads again.
-    """
-    method = args.adv_train or None
-    given = {flag: getattr(args, dest) for flag, dest in (
-        ('--adv-eps', 'adv_eps'), ('--adv-steps', 'adv_steps'), ('--adv-step-size', 'adv_step_size'),
-        ('--adv-replays', 'adv_replays')) if getattr(args, dest) is not None}
-    if method is None:
-        if given:
-            raise TrainingError(f"{', '.join(given)} given without --adv-train ({'|'.join(ADV_METHODS)})")
-        return None
-    if method not in ADV_METHODS:
-        raise TrainingError(f"--adv-train must be one of {', '.join(ADV_METHODS)}, got '{method}'")
-    if '--adv-eps' not in given:
-        raise TrainingError(f'--adv-train {method} needs --adv-eps, the L-inf radius in pixels (e.g. 8/255)')
-    applies = dict(fgsm=(), pgd=('--adv-steps', '--adv-step-size'), free=('--adv-step-size', '--adv-replays'))
-    unused = [flag for flag in given if flag != '--adv-eps' and flag not in applies[method]]
-    if unused:
-        raise TrainingError(f"{', '.join(unused)} does not apply to --adv-train {method}")
-    if method == 'free' and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
-        raise TrainingError('--adv-train free cannot be combined with mixup/cutmix: the replays of a batch must '
-                            'train on the same images')
-    values = dict(method=method)
-    for flag, field_ in (('--adv-eps', 'eps'), ('--adv-step-size', 'step_size')):
-        if flag in given:
-            try:
-                values[field_] = parse_eps(given[flag])
-            except ValueError as e:
-                raise TrainingError(f'{flag}: {e}') from None
-    values.update({k: v for k, v in (('steps', args.adv_steps), ('replays', args.adv_replays)) if v is not None})
-    try:
-        cfg = AdversarialConfig(**values)
-    except ValueError as e:
-        raise TrainingError(f'invalid adversarial training setting: {e}') from None
-    if method == 'pgd':
-        args.adv_steps = cfg.steps
-    if method in ('pgd', 'free'):
-        args.adv_step_size = args.adv_step_size if args.adv_step_size is not None else format_eps(cfg.step_size)
-    if method == 'free':
-        args.adv_replays = cfg.replays
-    return cfg
-
-
-def resolve_push_settings(args: argparse.Namespace) -> None:
-    """Check ``--push-to-hub`` before training (malformed id, offline mode, no token: one-line errors) and
-    resolve ``--push-use-ema`` (default: the EMA weights when training with ``--model-ema``)."""
-    if not args.push_to_hub:
-        if args.push_private or args.push_use_ema is not None:
-            raise TrainingError('--push-private and --push-use-ema need --push-to-hub NAMESPACE/NAME')
-        return
-    if args.push_use_ema is None:
-        args.push_use_ema = bool(args.model_ema)
-    elif args.push_use_ema and not args.model_ema:
-        raise TrainingError('--push-use-ema needs --model-ema (there are no EMA weights to push)')
-    from ..hub import ExportError, HubError, check_push_ready
-    try:
-        check_push_ready(args.push_to_hub)
-    except (ExportError, HubError) as e:
-        raise TrainingError(f'--push-to-hub: {first_line(e)}') from None
 
 
 def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
@@ -166,179 +60,6 @@ def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
             f'training finished (checkpoints in {output_dir}) but the push failed: {first_line(e)}; retry with '
             f'python -m timm_tenet.hub push --checkpoint {os.path.join(output_dir, "model_best.pth.tar")} '
             f"--repo-id {args.push_to_hub}{' --use-ema' if args.push_use_ema else ''}") from None
-
-
-def _criterion_kwargs(args: argparse.Namespace, num_aug_splits: int, mixup_active: bool) -> Dict[str, Any]:
-    """``create_classification_loss`` arguments for timm's loss flags."""
-    bce = dict(loss_type='bce', bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum,
-               pos_weight=args.bce_pos_weight)
-    if args.jsd_loss:
-        if num_aug_splits < 2:
-            raise TrainingError('--jsd-loss needs --aug-splits >= 2 (e.g. --aug-splits 3 --aa augmix-m3-w3)')
-        return dict(loss_type='jsd', jsd_splits=num_aug_splits, smoothing=args.smoothing)
-    if mixup_active:
-        return dict(bce, soft_targets=True) if args.bce_loss else dict(soft_targets=True)
-    if args.bce_loss:
-        return dict(bce, smoothing=args.smoothing)
-    return dict(smoothing=args.smoothing) if args.smoothing else {}
-
-
-def create_task(
-        args: argparse.Namespace,
-        model: nn.Module,
-        tenet_cfg: Optional[TenetConfig],
-        device: torch.device,
-        num_aug_splits: int = 0,
-        mixup_active: bool = False,
-) -> ClassificationTask:
-    """``TenetTask`` when ``tenet_cfg`` is given, else timm's ``ClassificationTask`` (the baseline), both
-    with the criterion timm's flags select (label smoothing, mixup soft targets, BCE, JSD)."""
-    criterion_kwargs = _criterion_kwargs(args, num_aug_splits, mixup_active)
-    verbose = is_primary(args) if hasattr(args, 'rank') else True
-    if tenet_cfg is None:
-        return ClassificationTask(model, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
-    try:
-        return TenetTask(model, tenet_cfg, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
-    except ValueError as e:
-        raise TrainingError(f'cannot train {args.model} with TENET: {first_line(e)}') from None
-
-
-def _resolve_amp(args: argparse.Namespace, device: torch.device) -> Tuple[Callable[[], ContextManager], Any]:
-    if not args.amp:
-        return nullcontext, None
-    dtypes = dict(float16=torch.float16, bfloat16=torch.bfloat16)
-    if args.amp_dtype not in dtypes:
-        raise TrainingError(f"--amp-dtype must be one of {sorted(dtypes)}, got '{args.amp_dtype}'")
-    amp_dtype = dtypes[args.amp_dtype]
-    scaler = NativeScaler(device=device.type) if device.type == 'cuda' and amp_dtype == torch.float16 else None
-    return partial(torch.autocast, device_type=device.type, dtype=amp_dtype), scaler
-
-
-def _create_model(args: argparse.Namespace) -> nn.Module:
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
-    pretrained = args.pretrained or bool(args.pretrained_path)
-    kwargs = dict(
-        pretrained=pretrained,
-        in_chans=in_chans,
-        num_classes=args.num_classes,
-        drop_rate=args.drop,
-        drop_path_rate=args.drop_path if args.drop_path is not None else args.drop_connect,
-        drop_block_rate=args.drop_block,
-        global_pool=args.gp,
-        bn_momentum=args.bn_momentum,
-        bn_eps=args.bn_eps,
-        **args.model_kwargs,
-    )
-    if args.pretrained_path:
-        if not os.path.isfile(args.pretrained_path):
-            raise TrainingError(f"--pretrained-path file not found: '{args.pretrained_path}'")
-        kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
-    try:
-        model = create_tenet_model(args.model, **kwargs)
-    except (RuntimeError, ValueError, OSError, TypeError) as e:
-        what = ' with pretrained weights' if pretrained else ''
-        hint = ' (no network here: use --pretrained-path FILE)' if pretrained and not args.pretrained_path else ''
-        raise TrainingError(f"cannot create model '{args.model}'{what}: {first_line(e)}{hint}") from None
-    if args.initial_checkpoint:
-        load_model_weights(model, args.initial_checkpoint)
-    if args.head_init_scale is not None:
-        with torch.no_grad():
-            model.get_classifier().weight.mul_(args.head_init_scale)
-            model.get_classifier().bias.mul_(args.head_init_scale)
-    if args.head_init_bias is not None:
-        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
-    if args.num_classes is None:
-        args.num_classes = model.num_classes
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(enable=True)
-    return model
-
-
-def _resolve_lr(args: argparse.Namespace) -> None:
-    if args.lr:
-        return
-    global_batch_size = args.batch_size * args.world_size * args.grad_accum_steps
-    batch_ratio = global_batch_size / args.lr_base_size
-    if not args.lr_base_scale:
-        args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
-    if args.lr_base_scale == 'sqrt':
-        batch_ratio = batch_ratio ** 0.5
-    args.lr = args.lr_base * batch_ratio
-    if is_primary(args):
-        _logger.info(f'Learning rate ({args.lr}) calculated from base learning rate ({args.lr_base}) and effective '
-                     f'global batch size ({global_batch_size}) with {args.lr_base_scale} scaling.')
-
-
-def _create_loaders(args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args):
-    collate_fn = None
-    mixup_fn = None
-    if mixup_args is not None:
-        if num_aug_splits > 1:
-            raise TrainingError('mixup/cutmix cannot be combined with --aug-splits')
-        if args.prefetcher:
-            collate_fn = FastCollateMixup(**mixup_args)
-        else:
-            mixup_fn = Mixup(**mixup_args)
-    if num_aug_splits > 1:
-        dataset_train = AugMixDataset(dataset_train, num_splits=num_aug_splits)
-        if not args.prefetcher:
-            collate_fn = concat_splits_collate
-    train_interpolation = args.train_interpolation
-    if args.no_aug or not train_interpolation:
-        train_interpolation = data_config['interpolation']
-    loader_train = create_loader(
-        dataset_train,
-        input_size=data_config['input_size'],
-        batch_size=args.batch_size,
-        is_training=True,
-        no_aug=args.no_aug,
-        re_prob=args.reprob,
-        re_mode=args.remode,
-        re_count=args.recount,
-        re_split=args.resplit,
-        train_crop_mode=args.train_crop_mode,
-        scale=args.scale,
-        ratio=args.ratio,
-        hflip=args.hflip,
-        vflip=args.vflip,
-        color_jitter=args.color_jitter,
-        color_jitter_prob=args.color_jitter_prob,
-        grayscale_prob=args.grayscale_prob or 0.,
-        gaussian_blur_prob=args.gaussian_blur_prob or 0.,
-        auto_augment=args.aa,
-        num_aug_repeats=int(args.aug_repeats),
-        num_aug_splits=num_aug_splits,
-        interpolation=train_interpolation,
-        mean=data_config['mean'],
-        std=data_config['std'],
-        num_workers=args.workers,
-        distributed=args.distributed,
-        collate_fn=collate_fn,
-        pin_memory=args.pin_mem and device.type == 'cuda',
-        device=device,
-        use_prefetcher=args.prefetcher,
-        use_multi_epochs_loader=args.use_multi_epochs_loader,
-        worker_seeding=args.worker_seeding,
-    )
-    loader_eval = create_loader(
-        dataset_eval,
-        input_size=data_config['input_size'],
-        batch_size=args.validation_batch_size or args.batch_size,
-        is_training=False,
-        interpolation=data_config['interpolation'],
-        mean=data_config['mean'],
-        std=data_config['std'],
-        num_workers=args.workers,
-        distributed=args.distributed,
-        crop_pct=data_config['crop_pct'],
-        pin_memory=args.pin_mem and device.type == 'cuda',
-        device=device,
-        use_prefetcher=args.prefetcher,
-    )
-    if len(loader_train) == 0:
-        raise DataError(f'the training split has {len(dataset_train)} images per process, fewer than one batch of '
-                        f'{args.batch_size}: lower --batch-size')
-    return loader_train, loader_eval, mixup_fn
 
 
 def _tenet_summary(cfg: Optional[TenetConfig]) -> str:
@@ -451,7 +172,7 @@ def _setup_runtime(args: argparse.Namespace, perturb: Optional[Perturb]) -> _Run
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    amp_autocast, loss_scaler = _resolve_amp(args, device)
+    amp_autocast, loss_scaler = resolve_amp(args, device)
     random_seed(args.seed, args.rank)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     return _Runtime(device, primary, amp_autocast, loss_scaler, adv_cfg, progress)
@@ -459,7 +180,7 @@ def _setup_runtime(args: argparse.Namespace, perturb: Optional[Perturb]) -> _Run
 
 def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
     """The model, its TENET (or plain) task with EMA, and the optimizer."""
-    model = _create_model(args)
+    model = create_model(args)
     tenet_cfg = resolve_tenet_config(args, model)
     if runtime.primary:
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
@@ -483,7 +204,7 @@ def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
 
     num_aug_splits = max(args.aug_splits, 0)
     task = create_task(args, model, tenet_cfg, device, num_aug_splits, _mixup_active(args))
-    _resolve_lr(args)
+    resolve_lr(args)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
@@ -504,7 +225,7 @@ def _build_data_and_schedule(
         mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                           prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                           label_smoothing=args.smoothing, num_classes=args.num_classes)
-    training.loader_train, training.loader_eval, training.mixup_fn = _create_loaders(
+    training.loader_train, training.loader_eval, training.mixup_fn = create_loaders(
         args, training.data_config, training.dataset_train, dataset_eval, runtime.device, training.num_aug_splits,
         mixup_args)
 
@@ -650,5 +371,4 @@ def _finish(args: argparse.Namespace, output: _Output, result: TrainResult) -> T
 
 def training_errors() -> Tuple[type, ...]:
     """Exceptions ``train.py`` reports as one-line errors (exit status 1) rather than tracebacks."""
-    from .args import ConfigError
     return TrainingError, DataError, CheckpointError, ConfigError, FloatingPointError
