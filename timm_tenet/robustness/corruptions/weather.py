@@ -1,4 +1,5 @@
-"""Weather corruptions: snow (ImageMagick motion-blurred flakes), frost (photos blended in), brightness.
+"""Weather corruptions: snow (ImageMagick motion-blurred flakes), frost (photos blended in), fog (plasma
+fractal), brightness, spatter (water or mud drops).
 
 * snow: a zoomed, thresholded Gaussian layer truncated to 8 bits, motion-blurred by ImageMagick's kernel
   along an angle uniform in [-135, -45) (:func:`._filters.motion_blur_8bit`), added twice (once turned
@@ -10,6 +11,8 @@
 * brightness: adding ``c`` to V in HSV (then clipping V) keeps H and S, and with them every ratio
   ``(V - channel) / V``; it is therefore exactly a rescaling of RGB by ``V' / V`` (black turns grey),
   with no colour-space round trip.
+* fog and spatter draw their random fields from a ``torch.Generator`` on the input's device, one field per
+  image, and given the same draws reproduce the reference value by value (the tests replay them).
 """
 import functools
 from importlib import resources
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._filters import clipped_zoom, motion_blur_8bit
+from ._filters import clipped_zoom, gaussian_filter, motion_blur_8bit
+from ._opencv import box_sum, canny, chamfer_distance, equalize_hist, filter2d_u8
 
 FROST_FILES = ('frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg', 'frost5.jpg')
 _GREY = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY
@@ -103,3 +107,98 @@ def brightness(x: torch.Tensor, shift: float, generator: Optional[torch.Generato
     value = x.amax(dim=1, keepdim=True)
     brighter = (value + shift).clamp(max=1)
     return torch.where(value > 0, x * (brighter / value.clamp(min=1e-12)), brighter)
+
+
+def plasma_fractal(
+        batch: int,
+        mapsize: int,
+        decay: float,
+        generator: Optional[torch.Generator] = None,
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``batch`` diamond-square heightmaps of ``mapsize`` x ``mapsize`` (a power of two), each scaled to [0, 1].
+
+    ImageNet-C's ``plasma_fractal`` level by level, all images at once: at step ``s`` the square centres are
+    the mean of their 4 corners, then the diamond points (on the corner rows, then on the corner columns) the
+    mean of their 4 neighbours, wrapping around (``roll``); each new point adds ``wibble * U(-wibble, wibble)``
+    (the reference scales by wibble twice), wibble starting at 100 and divided by ``decay`` per level. The
+    uniforms are drawn per level in that order, one B x k x k tensor each.
+    """
+    grid = torch.zeros(batch, mapsize, mapsize, device=device, dtype=dtype)
+    step, wibble = mapsize, 100.0
+
+    def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(total.shape, generator=generator, device=device, dtype=dtype)
+        return total / 4 + wibble * wibble * (2 * u - 1)
+
+    while step >= 2:
+        half = step // 2
+        corners = grid[:, ::step, ::step]
+        squares = corners + corners.roll(-1, 1)
+        grid[:, half::step, half::step] = wibbled_mean(squares + squares.roll(-1, 2))
+        centres = grid[:, half::step, half::step]
+        grid[:, ::step, half::step] = wibbled_mean(centres + centres.roll(1, 1) + corners + corners.roll(-1, 2))
+        grid[:, half::step, ::step] = wibbled_mean(centres + centres.roll(1, 2) + corners + corners.roll(-1, 1))
+        step, wibble = half, wibble / decay
+    grid -= grid.amin(dim=(1, 2), keepdim=True)
+    return grid / grid.amax(dim=(1, 2), keepdim=True)
+
+
+def fog(x: torch.Tensor, params: Tuple[float, float], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Add ``thickness`` times a plasma fractal (``decay`` per level) and rescale by ``max / (max + thickness)``.
+
+    The fractal is ``2^k`` px square, the smallest power of two covering the image (the reference's 32 for
+    CIFAR and 256 for ImageNet), cropped to the image's top-left corner.
+    """
+    thickness, decay = params
+    b, _, h, w = x.shape
+    mapsize = 1 << (max(h, w, 2) - 1).bit_length()
+    fractal = plasma_fractal(b, mapsize, decay, generator, x.device, x.dtype)[:, None, :h, :w]
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x + thickness * fractal) * peak / (peak + thickness)
+
+
+_WATER = (175 / 255, 238 / 255, 238 / 255)  # added to R, G, B (the reference's "BGR" pale turquoise on RGB)
+_MUD = (63 / 255, 42 / 255, 20 / 255)
+_RIM_KERNEL = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+
+
+def _colour(rgb: Tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+
+
+def spatter(
+        x: torch.Tensor,
+        params: Tuple[float, float, float, float, float, int],
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Water drops (``mud == 0``) or mud splashes (``mud == 1``) from a thresholded smooth Gaussian field.
+
+    ``params = (loc, scale, sigma, threshold, intensity, mud)``: a N(loc, scale) field per image (float64,
+    B x H x W), smoothed by skimage's ``gaussian(sigma)`` (nearest borders), zero below ``threshold``.
+    Water lightens the image along the drops' rims: the field's 8-bit level (numpy's wrapping ``uint8``),
+    its Canny edges, the distance to them (OpenCV chamfer, capped at 20), box-blurred and truncated,
+    histogram-equalised, embossed by a 3 x 3 kernel and box-blurred again; times the level, normalised to
+    ``intensity``, times the turquoise. Mud covers, with weight ``gaussian(field > threshold, intensity)``
+    where that reaches 0.8, the image with brown.
+    """
+    if x.shape[1] != 3:
+        raise ValueError(f'spatter needs RGB images (3 channels), got {x.shape[1]}; convert grey images to RGB.')
+    loc, scale, sigma, threshold, intensity, mud = params
+    b, _, h, w = x.shape
+    field = loc + scale * torch.randn(b, h, w, generator=generator, device=x.device, dtype=torch.float64)
+    field = gaussian_filter(field, sigma, 'nearest')
+    field = torch.where(field < threshold, 0.0, field)
+    if mud:
+        cover = gaussian_filter((field > threshold)[:, None].to(x.dtype), intensity, 'nearest')
+        cover = torch.where(cover < 0.8, 0.0, cover)
+        return x * (1 - cover) + _colour(_MUD, x) * cover
+    level = (field * 255).floor().long() % 256
+    dist = chamfer_distance(canny(level, 50, 150), 20).clamp(max=20)
+    dist = (box_sum(dist) * (1 / 9)).float().floor().long()  # cv2.blur, then astype(uint8)
+    dist = filter2d_u8(equalize_hist(dist), _RIM_KERNEL)
+    dist = torch.round(box_sum(dist) * (1 / 9)).float()  # cv2.blur of uint8 rounds
+    rims = level.float() * dist
+    rims = rims / rims.amax(dim=(1, 2), keepdim=True).clamp(min=1e-30) * intensity
+    return x + rims[:, None].to(x.dtype) * _colour(_WATER, x)
