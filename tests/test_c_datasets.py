@@ -1,4 +1,5 @@
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_make_c_cifar_layout_round_trip(tmp_path):
         ds = CifarCDataset(out, 'contrast', severity, transform=pil_to_tensor)
         assert ds.targets.tolist() == targets
         written = torch.stack([ds[i][0] for i in range(len(ds))])
-        assert torch.equal(written, _uint8(corrupt(clean, 'contrast', severity, dataset='cifar')))
+        assert torch.equal(written, _uint8(corrupt(clean, 'contrast', severity, dataset='cifar', released=True)))
 
 
 def test_make_c_imagenet_layout_round_trip_and_is_reproducible(tmp_path):
@@ -144,11 +145,29 @@ def test_make_c_imagenet_layout_round_trip_and_is_reproducible(tmp_path):
     ds = ImageNetCDataset(out, 'pixelate', 3, transform=pil_to_tensor)
     assert ds.classes == ['cat', 'dog'] and ds.targets == targets
     written = torch.stack([ds[i][0] for i in range(len(ds))])
-    assert torch.equal(written, _uint8(corrupt(clean, 'pixelate', 3, dataset='imagenet')))
-    noisy = [p.read_bytes() for p in sorted((tmp_path / 'out' / 'shot_noise').rglob('*.png'))]
+    # JPEG quality 85 files as released: Pillow reads back exactly the on-the-fly released-style pixels
+    assert torch.equal(written, _uint8(corrupt(clean, 'pixelate', 3, dataset='imagenet', released=True)))
+    noisy = [p.read_bytes() for p in sorted((tmp_path / 'out' / 'shot_noise').rglob('*.JPEG'))]
+    assert len(noisy) == 12  # 6 images x 2 severities
     make_c(data, str(tmp_path / 'again'), **args)
-    assert noisy == [p.read_bytes() for p in sorted((tmp_path / 'again' / 'shot_noise').rglob('*.png'))]
+    assert noisy == [p.read_bytes() for p in sorted((tmp_path / 'again' / 'shot_noise').rglob('*.JPEG'))]
     assert not list((tmp_path / 'out').rglob('.*'))
+
+
+@pytest.mark.parametrize('layout', ['cifar-c', 'imagenet-c'])
+def test_make_c_no_released_rounds_and_stores_losslessly(tmp_path, layout):
+    data = _write_image_folder(str(tmp_path / 'data'), per_class=1)
+    out = str(tmp_path / 'out')
+    make_c(data, out, layout=layout, corruptions=['fog'], progress=False, released=False)
+    clean, _ = _folder_tensor(data)
+    read = CifarCDataset if layout == 'cifar-c' else ImageNetCDataset
+    ds = read(out, 'fog', 5, transform=pil_to_tensor)
+    written = torch.stack([ds[i][0] for i in range(len(ds))])
+    dataset = 'cifar' if layout == 'cifar-c' else 'imagenet'
+    g = torch.Generator().manual_seed(zlib.crc32(b'0/fog/5'))
+    assert torch.equal(written, _uint8(corrupt(clean, 'fog', 5, generator=g, dataset=dataset)))
+    if layout == 'imagenet-c':
+        assert {p.suffix for p in (tmp_path / 'out').rglob('img*')} == {'.png'}
 
 
 def test_make_c_resizes_to_img_size(tmp_path):

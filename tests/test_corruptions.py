@@ -11,8 +11,12 @@ from timm_tenet.robustness.corruptions import (
 ALL = CORRUPTIONS + EXTRA_CORRUPTIONS
 # Where the reference's constants do not make mean |out - clean| grow with severity (checked against the
 # reference itself in test_corruptions_reference.py): glass blur's severity 3 blurs more than 4 in one pass
-# instead of two; frost and snow weigh the image down as severity adds more frost or snow.
-NOT_MONOTONE = ('glass_blur', 'frost', 'snow')
+# instead of two; frost and snow weigh the image down as severity adds more frost or snow; elastic_transform's
+# affine jitter shrinks with severity (CIFAR 2.56 -> 0.96 px; ImageNet 24 and 49 px at 1-2, 4.9 px after);
+# saturate desaturates at 1-2 and oversaturates at 3-5. At one constant set only: CIFAR spatter turns from
+# water (1-3) to mud (4-5); ImageNet fog 3 and 4 have the same thickness.
+NOT_MONOTONE = ('glass_blur', 'frost', 'snow', 'elastic_transform', 'saturate')
+NOT_MONOTONE_AT = (('spatter', 'cifar'), ('fog', 'imagenet'))
 # CIFAR motion blur at severities 3 (radius 6, sigma 2) and 4 (radius 8, sigma 2) differs only in taps of
 # weight below 1e-9: the same image for the same angle.
 FLAT = (('motion_blur', 'cifar'),)
@@ -51,7 +55,7 @@ def test_severity_monotonically_moves_image_away_and_stays_in_range(name, datase
         distances.append((out - x).abs().mean().item())
     if (name, dataset) in FLAT:
         assert all(a < b + 1e-6 for a, b in zip(distances, distances[1:])), distances
-    elif name not in NOT_MONOTONE:
+    elif name not in NOT_MONOTONE and (name, dataset) not in NOT_MONOTONE_AT:
         assert all(a < b for a, b in zip(distances, distances[1:])), distances
     assert distances[0] > 0
 
@@ -64,7 +68,8 @@ def test_corruption_is_deterministic_with_seeded_generator(name):
     torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('name', ['gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise'])
+@pytest.mark.parametrize('name', ['gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'fog',
+                                  'elastic_transform', 'spatter'])
 def test_noise_differs_between_seeds(name):
     x = _natural_images(4, 32)
     a = corrupt(x, name, 3, generator=torch.Generator().manual_seed(0))

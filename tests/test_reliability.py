@@ -104,6 +104,7 @@ def test_make_c_reports_a_broken_image_or_an_empty_folder_in_one_line_and_says_w
     assert proc.returncode == 1 and _error_lines(proc) == [
         f"error: cannot read image '{tmp_path / 'broken' / '1' / 'b.png'}': cannot identify image file "
         f"'{tmp_path / 'broken' / '1' / 'b.png'}'"], proc.stderr
+    assert os.listdir(tmp_path / 'c') == []  # the temporary arrays begun are removed
     (tmp_path / 'empty').mkdir()
     assert make_c.main(['--data-dir', str(tmp_path / 'empty'), '--out', str(tmp_path / 'c'), '--format',
                         'cifar-c']) == 1
@@ -111,7 +112,7 @@ def test_make_c_reports_a_broken_image_or_an_empty_folder_in_one_line_and_says_w
     assert make_c.main(['--data-dir', str(_images(tmp_path / 'ok')), '--out', str(tmp_path / 'c'), '--format',
                         'imagenet-c', '--corruptions', 'contrast', '--severities', '1', '2']) == 0
     assert capsys.readouterr().out == (f"wrote imagenet-c to {tmp_path / 'c'}: 2 images x 1 corruption(s) x 2 "
-                                       f"severities (<corruption>/<severity>/<class>/ PNG folders)\n")
+                                       f"severities (<corruption>/<severity>/<class>/ JPEG folders)\n")
 
 
 # 11, 12: what the README and the model cards show runs as written

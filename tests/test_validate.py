@@ -19,7 +19,8 @@ from timm_tenet.robustness.corruptions import mce, relative_mce
 from timm_tenet.robustness.attack_eval import evaluate_attacks
 from timm_tenet.robustness.corruption_eval import corruption_variants
 from timm_tenet.robustness.loading import create_eval_model, wrap_for_eval
-from timm_tenet.robustness.options import EvaluationError
+from timm_tenet.robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
+from timm_tenet.robustness.options import EvaluationError, parse_corruptions
 from timm_tenet.robustness.variants import evaluate_variants
 from timm_tenet.utils.checkpoint import resolve_checkpoint_path
 from timm_tenet.robustness.results import format_table, write_results
@@ -174,6 +175,23 @@ def test_on_the_fly_corruption_rows_and_csv(data_dir, checkpoint, tmp_path):
     assert summary['constants'] == 'cifar'  # 32 px input
 
 
+def test_corrupt_extra_and_released_storage(data_dir, checkpoint, tmp_path):
+    results = _run(['--checkpoint', checkpoint, '--data-dir', data_dir, '--corrupt', 'extra', '--severities', '3',
+                    '--corrupt-released'], tmp_path)
+    assert [r['corruption'] for r in results['corruptions']] == \
+        ['speckle_noise', 'gaussian_blur', 'spatter', 'saturate']
+    assert results['corruption_summary']['released'] is True
+
+
+def test_corrupt_all_is_the_benchmark_and_unknown_names_list_every_corruption():
+    assert parse_corruptions(['all']) == CORRUPTIONS and 'spatter' not in CORRUPTIONS
+    assert parse_corruptions(['extra', 'fog']) == EXTRA_CORRUPTIONS + ('fog',)
+    with pytest.raises(EvaluationError) as info:
+        parse_corruptions(['fogg'])
+    message = str(info.value)
+    assert all(name in message for name in CORRUPTIONS + EXTRA_CORRUPTIONS) and '\n' not in message
+
+
 def test_on_the_fly_corruption_is_seeded_per_pair():
     torch.manual_seed(0)
     model = wrap_for_eval(timm.create_model('test_resnet', num_classes=CLASSES), (0.5,) * 3, (0.5,) * 3).eval()
@@ -288,6 +306,7 @@ def broken_inputs(tmp_path_factory, imagenet_c, checkpoint):
 
 @pytest.mark.parametrize('case,argv,expected', [
     ('unknown corruption', ['--corrupt', 'gaussian_nois'], "unknown corruption 'gaussian_nois'"),
+    ('released without corrupt', ['--corrupt-released'], '--corrupt-released stores the --corrupt batches'),
     ('severity 6', ['--corrupt', 'contrast', '--severities', '6'], "from 1 to 5, got '6'"),
     ('missing severity', ['--corruption-dir', '{missing}'], 'missing severity folder(s) 4'),
     ('count mismatch', ['--corruption-dir', '{mismatch}'], 'has 9 labels but'),

@@ -99,7 +99,12 @@ def _add_robustness_args(parser: argparse.ArgumentParser) -> None:
                        help='evaluate only these corruptions of --corruption-dir (comma or space separated)')
     group.add_argument('--corrupt', nargs='+', default=None, metavar='NAME',
                        help='corrupt the --data-dir images on the fly with these corruptions (comma or space '
-                            'separated, "all" = every available one) as batched tensor ops on the device')
+                            'separated; "all" = the benchmark ones mCE is defined on, "extra" = speckle_noise, '
+                            'gaussian_blur, spatter, saturate) as batched tensor ops on the device')
+    group.add_argument('--corrupt-released', action='store_true',
+                       help='store each --corrupt batch as the released files were before the forward: uint8 '
+                            'truncation (CIFAR-10-C), and with ImageNet constants JPEG quality 85 (ImageNet-C), '
+                            'so that numbers compare with released-style files (default: the float result)')
     group.add_argument('--corrupt-constants', default='auto', choices=CORRUPTION_CONSTANTS,
                        help='severity constants of --corrupt: CIFAR-10-C (32 px) or ImageNet-C (224 px) '
                             '(default auto: cifar when the input is at most 64 px)')

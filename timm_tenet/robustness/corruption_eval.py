@@ -39,9 +39,11 @@ def corruption_variants(
         dataset: str = 'cifar',
         seed: int = 0,
         device: torch.device = torch.device('cpu'),
+        released: bool = False,
 ) -> Dict[Tuple[str, int], Callable[[torch.Tensor], torch.Tensor]]:
     """``{(corruption, severity): fn(x)}`` for :func:`evaluate_variants`: on-the-fly corruption of [0, 1]
-    batches with the CIFAR-10-C or ImageNet-C constants, each pair with its own seeded generator on ``device``.
+    batches with the CIFAR-10-C or ImageNet-C constants, each pair with its own seeded generator on ``device``;
+    ``released`` stores each batch as the released files were (``corrupt(..., released=True)``).
     """
     variants = {}
     for name in corruptions:
@@ -49,7 +51,7 @@ def corruption_variants(
             generator = corruption_generator(seed, name, severity, torch.device(device))
 
             def fn(x, name=name, severity=severity, generator=generator):
-                return corrupt(x, name, severity, generator=generator, dataset=dataset)
+                return corrupt(x, name, severity, generator=generator, dataset=dataset, released=released)
 
             variants[(name, severity)] = fn
     return variants

@@ -5,12 +5,16 @@ any ``<class>/<image>`` folder with the on-the-fly corruptions of :mod:`timm_ten
 that every model of a study is scored on the very same corrupted pixels and the result is read back
 by :mod:`timm_tenet.robustness.c_datasets` exactly like the released sets. Each (corruption, severity) draws its
 noise from its own seeded generator, so a subset of corruptions reproduces the same pixels as a full
-run. Outputs are written under temporary names and renamed when complete: an interrupted run leaves
-no half-written array or severity folder behind.
+run. Outputs are written under temporary names and renamed when complete: a failed or interrupted run
+removes what it had started and leaves no half-written array or severity folder behind.
+
+By default the files are stored as the released ones were: CIFAR-10-C arrays hold ``np.uint8`` of the float
+result (truncated), ImageNet-C images are that truncation saved as JPEG quality 85 by Pillow. Reading them
+back gives exactly ``corrupt(..., released=True)``. ``--no-released`` rounds instead and writes lossless PNG.
 
 Usage:
     python -m timm_tenet.robustness.make_c --data-dir DIR --out OUT --format cifar-c|imagenet-c \\
-        [--corruptions NAME ...] [--severities 1 2 ...] [--dataset cifar|imagenet] [--seed 0]
+        [--corruptions NAME ...] [--severities 1 2 ...] [--dataset cifar|imagenet] [--seed 0] [--no-released]
 """
 import argparse
 import os
@@ -30,7 +34,7 @@ from ..utils.errors import first_line
 from ..utils.images import open_rgb
 from .c_datasets import SEVERITIES
 from .corruption_eval import corruption_generator
-from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, RELEASED_JPEG_QUALITY, corrupt
 
 __all__ = ['make_c', 'main']
 
@@ -50,9 +54,11 @@ def _image_folder(data_dir: str, img_size: Optional[int]) -> ImageFolder:
     return dataset
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """B x C x H x W floats in [0, 1] -> B x H x W x C uint8 on the host."""
-    return (x * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def _to_uint8(x: torch.Tensor, truncate: bool) -> np.ndarray:
+    """B x C x H x W floats in [0, 1] -> B x H x W x C uint8 on the host, truncated (``np.uint8``) or rounded."""
+    x = x * 255
+    x = x.floor_() if truncate else x.round_()
+    return x.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class _CifarCWriter:
@@ -83,12 +89,22 @@ class _CifarCWriter:
         self.arrays = {}
         os.replace(self._tmp('labels.npy'), os.path.join(self.out, 'labels.npy'))
 
+    def discard(self) -> None:
+        names = list(self.arrays) + ['labels']
+        self.arrays = {}  # closes the memory maps
+        for name in names:
+            if os.path.exists(self._tmp(name + '.npy')):
+                os.remove(self._tmp(name + '.npy'))
+
 
 class _ImageNetCWriter:
-    """PNG files (lossless, so that no JPEG artefact is added) under ``<corruption>/<severity>/<class>/``."""
+    """Image files under ``<corruption>/<severity>/<class>/``: JPEG quality 85 as released (``released``), else
+    lossless PNG."""
 
-    def __init__(self, out: str, data_dir: str):
+    def __init__(self, out: str, data_dir: str, released: bool):
         self.out, self.data_dir, self.written = out, data_dir, set()
+        self.extension, self.options = ('.JPEG', dict(quality=RELEASED_JPEG_QUALITY, optimize=True)) if released \
+            else ('.png', {})
 
     def _tmp(self, name: str, severity: int) -> str:
         return os.path.join(self.out, name, f'.{severity}.tmp')
@@ -99,15 +115,19 @@ class _ImageNetCWriter:
             shutil.rmtree(folder, ignore_errors=True)  # left over from an interrupted run
             self.written.add((name, severity))
         for image, path in zip(images, paths):
-            target = os.path.join(folder, os.path.splitext(os.path.relpath(path, self.data_dir))[0] + '.png')
+            target = os.path.join(folder, os.path.splitext(os.path.relpath(path, self.data_dir))[0] + self.extension)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            Image.fromarray(image).save(target)
+            Image.fromarray(image).save(target, **self.options)
 
     def commit(self) -> None:
         for name, severity in sorted(self.written):
             final = os.path.join(self.out, name, str(severity))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(self._tmp(name, severity), final)
+
+    def discard(self) -> None:
+        for name, severity in self.written:
+            shutil.rmtree(self._tmp(name, severity), ignore_errors=True)
 
 
 def make_c(
@@ -122,13 +142,14 @@ def make_c(
         batch_size: int = 64,
         device: str = 'cpu',
         progress: bool = True,
+        released: bool = True,
 ) -> int:
     """Corrupt every image of ``data_dir`` (``<class>/<image>``) and write the -C layout to ``out``.
 
     Args:
         data_dir: Image folder with one sub-folder per class.
         out: Output folder (created).
-        layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (PNG folders).
+        layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (image folders).
         corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS` or ``EXTRA_CORRUPTIONS``.
         severities: Severities to write (``'cifar-c'`` stacks all five).
         dataset: Severity constants, ``'cifar'`` or ``'imagenet'``; by default those matching ``layout``.
@@ -137,6 +158,8 @@ def make_c(
         batch_size: Images corrupted at once.
         device: Where the corruptions run.
         progress: Show a tqdm bar.
+        released: Store as the released files: truncated to uint8, ImageNet-C images as JPEG quality 85
+            (reading them back gives ``corrupt(..., released=True)``); else rounded, PNG.
 
     Returns:
         The number of images corrupted.
@@ -162,19 +185,24 @@ def make_c(
         height, width = images[0][0].shape[-2:]
         writer = _CifarCWriter(out, corruptions, images.targets, height, width)
     else:
-        writer = _ImageNetCWriter(out, data_dir)
+        writer = _ImageNetCWriter(out, data_dir, released)
     device = torch.device(device)
     generators = {(c, s): corruption_generator(seed, c, s, device) for c in corruptions for s in severities}
     loader = DataLoader(images, batch_size=batch_size, shuffle=False)
-    start = 0
-    for x, _ in tqdm(loader, desc=f'make {layout}', disable=None if progress else True):
-        x = x.to(device)
-        paths = [path for path, _ in images.samples[start:start + len(x)]]
-        for (name, severity), generator in generators.items():
-            corrupted = corrupt(x, name, severity, generator=generator, dataset=dataset)
-            writer.write(name, severity, start, _to_uint8(corrupted), paths)
-        start += len(x)
-    writer.commit()
+    start, committed = 0, False
+    try:
+        for x, _ in tqdm(loader, desc=f'make {layout}', disable=None if progress else True):
+            x = x.to(device)
+            paths = [path for path, _ in images.samples[start:start + len(x)]]
+            for (name, severity), generator in generators.items():
+                corrupted = corrupt(x, name, severity, generator=generator, dataset=dataset)
+                writer.write(name, severity, start, _to_uint8(corrupted, truncate=released), paths)
+            start += len(x)
+        writer.commit()
+        committed = True
+    finally:
+        if not committed:  # a failure or an interrupt: remove the temporary arrays / folders begun
+            writer.discard()
     return start
 
 
@@ -196,16 +224,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                                    '(default: the first image\'s size)')
     parser.add_argument('--batch-size', type=int, default=64, help='images corrupted at once (default: 64)')
     parser.add_argument('--device', default='cpu', help='device the corruptions run on (default: cpu)')
+    parser.add_argument('--released', action=argparse.BooleanOptionalAction, default=True,
+                        help='store as the released files: uint8 truncation, ImageNet-C images as JPEG quality '
+                             '85 (default); --no-released rounds and writes PNG')
     args = parser.parse_args(argv)
     try:
         count = make_c(args.data_dir, args.out, layout=args.layout, corruptions=args.corruptions,
                        severities=args.severities, dataset=args.dataset, seed=args.seed, img_size=args.img_size,
-                       batch_size=args.batch_size, device=args.device)
+                       batch_size=args.batch_size, device=args.device, released=args.released)
     except ValueError as e:
         print(f'error: {first_line(e)}', file=sys.stderr)
         return 1
     what = '<corruption>.npy arrays and labels.npy' if args.layout == 'cifar-c' else \
-        '<corruption>/<severity>/<class>/ PNG folders'
+        f"<corruption>/<severity>/<class>/ {'JPEG' if args.released else 'PNG'} folders"
     print(f'wrote {args.layout} to {args.out}: {count} images x {len(args.corruptions)} corruption(s) x '
           f'{len(args.severities)} severities ({what})')
     return 0

@@ -40,19 +40,21 @@ def parse_severities(values: Optional[Sequence[Any]]) -> Tuple[int, ...]:
 
 
 def parse_corruptions(values: Optional[Sequence[Any]]) -> Tuple[str, ...]:
-    """Names for ``--corrupt`` (``'all'`` = the on-the-fly benchmark corruptions, :data:`CORRUPTIONS`), checked
-    against :data:`CORRUPTIONS` and :data:`EXTRA_CORRUPTIONS`."""
+    """Names for ``--corrupt``: ``'all'`` = the benchmark corruptions (:data:`CORRUPTIONS`, those mCE is defined
+    on), ``'extra'`` = the paper's 4 others (:data:`EXTRA_CORRUPTIONS`), or names from either."""
+    groups = {'all': CORRUPTIONS, 'extra': EXTRA_CORRUPTIONS}
     names: List[str] = []
     for name in split_list(values):
-        if name == 'all':
-            names.extend(CORRUPTIONS)
-        elif name not in CORRUPTIONS + EXTRA_CORRUPTIONS:
+        if name in groups:
+            names.extend(groups[name])
+        elif name in CORRUPTIONS + EXTRA_CORRUPTIONS:
+            names.append(name)
+        else:
             released = f" ('{name}' exists only in the released -C sets: use --corruption-dir)" \
                 if name in ALEXNET_ERRORS else ''
-            raise EvaluationError(f"unknown corruption '{name}'{released}; choose one of {', '.join(CORRUPTIONS + EXTRA_CORRUPTIONS)} "
-                                  f"or all")
-        else:
-            names.append(name)
+            raise EvaluationError(f"unknown corruption '{name}'{released}; choose all (the benchmark's "
+                                  f"{', '.join(CORRUPTIONS)}), extra ({', '.join(EXTRA_CORRUPTIONS)}) or names of "
+                                  f"either")
     return tuple(dict.fromkeys(names))
 
 

@@ -50,6 +50,9 @@ def _check_options(args) -> Dict[str, Any]:
                               'use --corrupt NAME[,NAME...]')
     if args.severities and not (args.corruption_dir or options['corruptions']):
         raise EvaluationError('--severities needs --corruption-dir or --corrupt')
+    if args.corrupt_released and not options['corruptions']:
+        raise EvaluationError('--corrupt-released stores the --corrupt batches as the released files; pass '
+                              '--corrupt NAME (released -C folders are read as they are)')
     if args.attack_steps < 1 or args.attack_restarts < 1:
         raise EvaluationError('--attack-steps and --attack-restarts must be at least 1')
     if args.attack_samples is not None and args.attack_samples < 1:
@@ -177,7 +180,8 @@ def _evaluate_clean_and_corrupted(args: argparse.Namespace, options: Dict[str, A
     if constants == 'auto':
         constants = 'cifar' if max(data_config['input_size'][1:]) <= 64 else 'imagenet'
     variants = {'clean': None, **corruption_variants(
-        options['corruptions'], options['severities'], constants, args.seed, run_args['device'])}
+        options['corruptions'], options['severities'], constants, args.seed, run_args['device'],
+        released=args.corrupt_released)}
     desc = 'clean' + (f' + {len(variants) - 1} corruption/severity pairs' if len(variants) > 1 else '')
     metrics = evaluate_variants(model.evaluated, loader, variants, desc=desc, **run_args)
     clean = metrics.pop('clean')
@@ -195,6 +199,7 @@ def _evaluate_clean_and_corrupted(args: argparse.Namespace, options: Dict[str, A
         sections['corruptions'] = rows
         sections['corruption_summary'] = summarize_corruptions(rows, 'on-the-fly')
         sections['corruption_summary']['constants'] = constants
+        sections['corruption_summary']['released'] = args.corrupt_released
     return sections
 
 
