@@ -19,7 +19,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -164,6 +164,21 @@ def check_push_ready(
     return repo_id
 
 
+def _commit_to_repo(api: Any, repo_id: str, private: bool, operations: List[Any], **commit_kwargs: Any) -> Any:
+    """Create the repository if needed and commit ``operations`` to it; a repository created here is deleted
+    again when the commit fails, so a failed push leaves nothing behind."""
+    created = _create_repo(api, repo_id, private)
+    try:
+        return api.create_commit(repo_id=repo_id, operations=operations, **commit_kwargs)
+    except BaseException:
+        if created:
+            try:
+                api.delete_repo(repo_id)
+            except Exception as e:
+                _logger.warning(f'could not delete the new, empty repository {repo_id}: {first_line(e)}')
+        raise
+
+
 def push(
         checkpoint: Union[str, Path],
         repo_id: str,
@@ -232,19 +247,8 @@ def push(
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
                       for name in EXPORT_FILES]
         with _hub_errors(action, repo_id, api.endpoint, upload=True):
-            created = _create_repo(api, repo_id, private)
-            try:
-                info = api.create_commit(
-                    repo_id=repo_id, operations=operations, revision=revision, create_pr=create_pr,
-                    commit_message=commit_message or f'Add {architecture} weights trained with TENET',
-                )
-            except BaseException:
-                if created:
-                    try:
-                        api.delete_repo(repo_id)
-                    except Exception as e:
-                        _logger.warning(f'could not delete the new, empty repository {repo_id}: {first_line(e)}')
-                raise
+            info = _commit_to_repo(api, repo_id, private, operations, revision=revision, create_pr=create_pr,
+                                   commit_message=commit_message or f'Add {architecture} weights trained with TENET')
     url = info.pr_url or info.commit_url
     _logger.info(f'Pushed {", ".join(EXPORT_FILES)} to {repo_id}: {url}')
     return url

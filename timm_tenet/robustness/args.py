@@ -8,7 +8,7 @@ from timm.utils import ParseKwargs
 from .attacks import ATTACKS
 from .results import RESULT_FORMATS
 from ..training.args import add_dataset_reader_args, add_dataset_source_args, add_model_input_args
-from ..utils.cli import parse_args_with_config
+from ..utils.cli import parse_args_with_config, parser_with_config
 
 __all__ = ['C_FORMATS', 'CORRUPTION_CONSTANTS', 'build_validate_parser', 'parse_validate_args']
 
@@ -133,9 +133,7 @@ def _add_robustness_args(parser: argparse.ArgumentParser) -> None:
 
 def build_validate_parser() -> argparse.ArgumentParser:
     """The ``validate.py`` parser: timm's validation flags plus corruption and attack evaluation."""
-    parser = argparse.ArgumentParser(description='Clean, corruption and adversarial evaluation of timm / TENET models')
-    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML config file of {argument dest: value} defaults (the command line overrides them)')
+    parser = parser_with_config('Clean, corruption and adversarial evaluation of timm / TENET models')
     _add_data_args(parser)
     _add_model_args(parser)
     _add_runtime_args(parser)
@@ -148,6 +146,6 @@ def parse_validate_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.
 
     Returns:
         The namespace and its YAML text. A config key that is not a dest of this parser is a
-        :class:`timm_tenet.training.args.ConfigError`.
+        :class:`timm_tenet.utils.cli.ConfigError`.
     """
     return parse_args_with_config(build_validate_parser(), argv)

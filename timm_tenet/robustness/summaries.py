@@ -5,7 +5,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .c_datasets import SEVERITIES
-from .corruptions import ALEXNET_ERRORS, mce, relative_mce
+from .corruptions import ALEXNET_ERRORS, mce, mean_corruption_error, relative_mce
 from .results import format_table
 
 __all__ = ['corruption_matrix', 'summarize_corruptions', 'summary_text']
@@ -29,11 +29,11 @@ def summarize_corruptions(
     errors: Dict[str, Dict[int, float]] = {}
     for row in rows:
         errors.setdefault(row['corruption'], {})[int(row['severity'])] = row['top1_err'] / 100.0
-    values = [e for errs in errors.values() for e in errs.values()]
     severities = sorted({s for errs in errors.values() for s in errs})
     summary = OrderedDict(
         source=source, num_corruptions=len(errors), severities=','.join(map(str, severities)),
-        mean_corruption_error=round(100.0 * sum(values) / len(values), 4) if values else None)
+        mean_corruption_error=round(mean_corruption_error(
+            {name: list(errs.values()) for name, errs in errors.items()}), 4) if errors else None)
     if source != 'imagenet-c':
         return summary
     full = {name: [errs[s] for s in SEVERITIES] for name, errs in errors.items()

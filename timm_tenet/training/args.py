@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Tuple
 
 from timm.utils import ParseKwargs
 
-from ..utils.cli import parse_args_with_config
+from ..utils.cli import parse_args_with_config, parser_with_config
 
 __all__ = [
     'add_dataset_reader_args', 'add_dataset_source_args', 'add_model_input_args', 'build_train_parser',
@@ -387,9 +387,7 @@ def _add_hub_args(parser: argparse.ArgumentParser) -> None:
 def build_train_parser() -> argparse.ArgumentParser:
     """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET, adversarial
     training and Hub push groups."""
-    parser = argparse.ArgumentParser(description='TENET training for timm models')
-    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                        help='YAML config file specifying default arguments (the command line overrides them)')
+    parser = parser_with_config('TENET training for timm models')
     _add_data_args(parser)
     _add_model_args(parser)
     _add_optimizer_args(parser)

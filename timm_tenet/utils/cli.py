@@ -10,11 +10,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 __all__ = ['ConfigError', 'args_to_dict', 'args_to_yaml', 'config_dests', 'load_config_defaults',
-           'parse_args_with_config']
+           'parse_args_with_config', 'parser_with_config']
 
 
 class ConfigError(ValueError):
     """A ``-c/--config`` file that cannot be used (unreadable, not a mapping, or an unknown key)."""
+
+
+def parser_with_config(description: str) -> argparse.ArgumentParser:
+    """A script's parser with timm's ``-c/--config FILE`` flag (read by :func:`parse_args_with_config`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                        help='YAML config file of {argument dest: value} defaults (the command line overrides them)')
+    return parser
 
 
 def config_dests(parser: argparse.ArgumentParser) -> List[str]:

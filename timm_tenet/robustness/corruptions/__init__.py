@@ -181,13 +181,13 @@ def as_released(x: torch.Tensor, dataset: str) -> torch.Tensor:
     return jpeg_compression(truncated, RELEASED_JPEG_QUALITY) if dataset == 'imagenet' else truncated
 
 
-def _check_errors(errors: Mapping[str, Sequence[float]], known: Sequence[str]) -> None:
+def _check_errors(errors: Mapping[str, Sequence[float]], known: Sequence[str], all_severities: bool = True) -> None:
     if not errors:
         raise ValueError('no corruption errors given; pass {corruption: [error at severity 1..5]}.')
     for name, errs in errors.items():
         if name not in known:
             raise ValueError(f"unknown corruption '{name}' in errors; AlexNet references exist for {', '.join(known)}.")
-        if len(errs) != 5:
+        if len(errs) != 5 if all_severities else not 1 <= len(errs) <= 5:
             raise ValueError(f"'{name}' has {len(errs)} errors; give one per severity 1..5.")
         if not all(0 <= e <= 1 for e in errs):
             raise ValueError(f"'{name}' errors {list(errs)} are not fractions in [0, 1]; divide percentages by 100.")
@@ -228,7 +228,8 @@ def relative_mce(
 
 
 def mean_corruption_error(errors: Mapping[str, Sequence[float]]) -> float:
-    """CIFAR-10-C / CIFAR-100-C convention: plain mean error over corruptions x severities, in percent."""
-    _check_errors(errors, tuple(errors))
+    """CIFAR-10-C / CIFAR-100-C convention: plain mean error over corruptions x severities, in percent (the
+    severities given: a subset, such as ``validate.py --severities 1,5``, averages over those)."""
+    _check_errors(errors, tuple(errors), all_severities=False)
     values = [e for errs in errors.values() for e in errs]
     return 100.0 * sum(values) / len(values)
