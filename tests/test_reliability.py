@@ -183,3 +183,70 @@ def test_model_card_labels_the_split_names_timm_tenet_and_hides_the_config_path(
     assert 'config: recipe.yaml' in card and "python train.py -c '<local path>/recipe.yaml' --epochs 3" in card
     assert '  - Classes: 2 (cat, dog)' in card
     assert json.loads((tmp_path / 'export' / 'config.json').read_text())['label_names'] == ['cat', 'dog']
+
+
+# 1-3: nothing written before every setting is checked, no run overwritten, a resume continues the same run
+
+def _train(*argv):
+    from timm_tenet.training.args import parse_train_args
+    from timm_tenet.training.run import run_training
+    args, _ = parse_train_args(list(argv))
+    return run_training(args)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+TENET = ('--tenet', '--tenet-groups', '2', '--tenet-stage', '-1', '--tenet-warmup-steps', '2', '--tenet-period', '2')
+
+
+def test_a_bad_setting_or_a_second_run_never_touches_an_earlier_runs_folder(data_dir, tmp_path):
+    first = Path(_train(*_train_argv(data_dir, tmp_path, '--epochs', '1', experiment='exp')).output_dir)
+    before = _files(first)
+    bad = _script('train.py', *_train_argv(data_dir, tmp_path, *TENET, '--tenet-groups', '100000', experiment='exp'))
+    assert bad.returncode == 1
+    assert _error_lines(bad)[-1] == (
+        'ERROR: cannot train test_resnet on 3x32x32 inputs: TENET num_groups=100000 is more than the 96 channels at '
+        'stage -1 of ResNet; use at most 96 groups.'), bad.stderr[-2000:]
+    assert _files(first) == before and sorted(p.name for p in tmp_path.iterdir()) == ['exp']
+
+    again = _script('train.py', *_train_argv(data_dir, tmp_path, '--epochs', '1', experiment='exp'))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (f"WARNING: '{first}' holds an earlier run, which stays as it is: this run writes to '{first}-1' (to "
+            f"continue that run instead, pass --resume {first / 'last.pth.tar'})") in again.stderr
+    assert _files(first) == before and (tmp_path / 'exp-1' / 'last.pth.tar').is_file()
+
+
+def test_resume_with_more_epochs_trains_on_a_schedule_of_that_length_and_a_finished_run_says_so(data_dir, tmp_path):
+    import torch
+    run = Path(_train(*_train_argv(data_dir, tmp_path, '--epochs', '2', experiment='exp')).output_dir)
+    done = _script('train.py', *_train_argv(data_dir, tmp_path, '--epochs', '2', '--resume', run / 'last.pth.tar',
+                                            experiment='exp'))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"'{run / 'last.pth.tar'}' has already finished its 2 epochs: nothing to train (pass --epochs N with "
+            f"N > 2 to train longer).") in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['exp']
+
+    weights = torch.load(run / 'last.pth.tar', weights_only=True)['state_dict']['fc.weight']
+    longer = _script('train.py', *_train_argv(data_dir, tmp_path, '--epochs', '3', '--resume', run / 'last.pth.tar',
+                                              experiment='exp'))
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert ('The resumed run was scheduled for 2 epochs: the learning-rate schedule is built for --epochs 3 and '
+            'continues at epoch 2.') in longer.stderr
+    last = torch.load(run / 'last.pth.tar', weights_only=True)
+    assert last['epoch'] == 2 and not torch.equal(last['state_dict']['fc.weight'], weights)  # learning rate > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['exp']
+
+
+def test_a_run_resumed_at_an_epoch_boundary_ends_with_the_uninterrupted_runs_metrics(data_dir, tmp_path):
+    full = _script('train.py', *_train_argv(data_dir, tmp_path, *TENET, '--hflip', '0.5', experiment='full'))
+    assert full.returncode == 0, full.stderr[-2000:]
+    (tmp_path / 'stopped').mkdir()  # what a run killed after its first epoch leaves
+    (tmp_path / 'stopped' / 'last.pth.tar').write_bytes((tmp_path / 'full' / 'checkpoint-0.pth.tar').read_bytes())
+    resumed = _script('train.py', *_train_argv(data_dir, tmp_path, *TENET, '--hflip', '0.5', '--resume',
+                                               tmp_path / 'stopped' / 'last.pth.tar', experiment='stopped'))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    import csv
+    rows = [list(csv.DictReader(open(tmp_path / name / 'summary.csv'))) for name in ('full', 'stopped')]
+    assert rows[1][-1]['epoch'] == '1' and rows[1][-1] == rows[0][-1]  # losses, accuracy, lr: every digit

@@ -16,7 +16,7 @@ from ..utils.errors import first_line
 from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [
-    'DataError', 'SkippingImageDataset', 'SplitSubset', 'concat_splits_collate', 'count_skipped',
+    'DataError', 'SkippingImageDataset', 'SplitSubset', 'class_names', 'concat_splits_collate', 'count_skipped',
     'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
 ]
 
@@ -236,6 +236,20 @@ def _unwrap(dataset: data.Dataset) -> data.Dataset:
     while isinstance(dataset, SplitSubset):
         dataset = dataset.dataset
     return dataset
+
+
+def class_names(dataset: Optional[data.Dataset]) -> Optional[List[str]]:
+    """The class name of each label index of a (possibly wrapped) folder dataset (its folders, or ``--class-map``
+    entries), or None when the dataset does not name its classes."""
+    while dataset is not None and getattr(dataset, 'reader', None) is None:
+        dataset = getattr(dataset, 'dataset', None)
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if not class_to_idx:
+        return None
+    names: List[Optional[str]] = [None] * (max(class_to_idx.values()) + 1)
+    for name, index in class_to_idx.items():
+        names[index] = str(name)
+    return None if any(n is None for n in names) else names
 
 
 def count_skipped(dataset: Optional[data.Dataset]) -> int:

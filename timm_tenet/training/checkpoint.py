@@ -9,8 +9,11 @@ import argparse
 import glob
 import logging
 import os
+import random
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 import torch
 from timm.models import clean_state_dict
@@ -21,9 +24,37 @@ from ..utils.errors import first_line
 from ..utils.io import TMP_MARK, atomic_save, tmp_path
 from ..utils.cli import args_to_dict
 
-__all__ = ['AtomicCheckpointSaver', 'restore_training_state']
+__all__ = ['AtomicCheckpointSaver', 'get_rng_state', 'restore_training_state', 'set_rng_state']
 
 _logger = logging.getLogger(__name__)
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """The random number generators that a training epoch draws from (torch CPU and CUDA: the loader's shuffle
+    and workers' seeds, augmentation, k-means seeding; numpy: mixup; Python: timm's crop parameters), as tensors
+    and plain values that ``weights_only`` loading accepts."""
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    version, mt, gauss_next = random.getstate()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos), 'has_gauss': int(has_gauss),
+                  'cached_gaussian': float(cached)},
+        'python': {'version': version, 'state': torch.tensor(mt, dtype=torch.int64), 'gauss_next': gauss_next},
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured (CUDA states only when the device count matches)."""
+    torch.set_rng_state(state['torch'])
+    cuda: List[torch.Tensor] = state.get('cuda') or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    numpy = state['numpy']
+    np.random.set_state(('MT19937', numpy['keys'].numpy().astype(np.uint32), numpy['pos'], numpy['has_gauss'],
+                         numpy['cached_gaussian']))
+    python = state['python']
+    random.setstate((python['version'], tuple(python['state'].tolist()), python['gauss_next']))
 
 
 def restore_training_state(
@@ -86,6 +117,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         recovery_dir: Folder of recovery checkpoints (default: ``checkpoint_dir``).
         decreasing: A lower metric is better.
         max_history: Ranked checkpoints kept.
+        class_names: Name of each output class in index order, saved as ``class_names``.
+        save_rng: Save the random generators' states (:func:`get_rng_state`), so that a run resumed at an epoch
+            boundary draws what the uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -99,6 +133,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
             recovery_dir: str = '',
             decreasing: bool = False,
             max_history: int = 10,
+            class_names: Optional[Sequence[str]] = None,
+            save_rng: bool = True,
     ):
         if isinstance(args, argparse.Namespace):
             args = args_to_dict(args)
@@ -107,6 +143,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
             checkpoint_dir=checkpoint_dir, recovery_dir=recovery_dir or checkpoint_dir,
             decreasing=decreasing, max_history=max_history, unwrap_fn=unwrap_model, task=task)
         self.lr_scheduler = lr_scheduler
+        self.class_names = list(class_names) if class_names is not None else None
+        self.save_rng = save_rng
         for folder in {self.checkpoint_dir, self.recovery_dir}:
             for stale in glob.glob(os.path.join(folder, f'.*{TMP_MARK}*')):
                 _logger.info(f'Removing unfinished temporary checkpoint {stale}')
@@ -127,6 +165,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
             state['scheduler'] = self.lr_scheduler.state_dict()
         state.update(self.task.get_checkpoint_state(unwrap_fn=self.unwrap_fn))
         state.update(self.task.get_checkpoint_state(ema=True, unwrap_fn=self.unwrap_fn))
+        if self.class_names is not None:
+            state['class_names'] = self.class_names
+        if self.save_rng:
+            state['rng_state'] = get_rng_state()
         if metric is not None:
             state['metric'] = metric
         state['saver'] = self.state_dict(epoch, metric)

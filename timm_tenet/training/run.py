@@ -7,7 +7,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 import torch
 from timm.data import Mixup, resolve_data_config
@@ -20,14 +20,14 @@ from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_pr
     update_summary
 
 from ..config import TenetConfig
-from ..data.dataset import DataError, count_skipped, create_train_eval_datasets
-from ..utils.checkpoint import CheckpointError, load_checkpoint_file
+from ..data.dataset import DataError, class_names, count_skipped, create_train_eval_datasets
+from ..utils.checkpoint import CheckpointError, checkpoint_class_names, load_checkpoint_file, recorded_args
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
 from ..utils.io import atomic_write_text
 from .adversarial import AdversarialConfig, adversarial_training
 from .args import build_train_parser
-from .checkpoint import AtomicCheckpointSaver, restore_training_state
+from .checkpoint import AtomicCheckpointSaver, restore_training_state, set_rng_state
 from .engine import Perturb, evaluate_epoch, train_one_epoch
 from .factory import create_loaders, create_model, create_task
 from .settings import TrainingError, resolve_adversarial_config, resolve_amp, resolve_lr, \
@@ -95,6 +95,7 @@ class _Training:
     lr_scheduler: Optional[Any] = None
     num_epochs: int = 0
     updates_per_epoch: int = 0
+    class_names: Optional[List[str]] = None  # of the training data, index order
 
 
 @dataclass
@@ -133,6 +134,12 @@ def _run_training(args: argparse.Namespace, perturb: Optional[Perturb], stack: E
     checkpoint = load_checkpoint_file(args.resume) if args.resume else None  # read before any data is prepared
     _build_data_and_schedule(args, runtime, training, perturb)
     start_epoch = _resume(args, runtime, training, checkpoint)
+    if checkpoint is not None and start_epoch >= training.num_epochs:
+        if runtime.primary:
+            _logger.info(f"'{args.resume}' has already finished its {training.num_epochs} epochs: nothing to train "
+                         f'(pass --epochs N with N > {training.num_epochs} to train longer).')
+        return TrainResult(output_dir=None, best_metric=None, best_epoch=None, epochs=start_epoch)
+    # every setting is checked by now: only from here on is anything written
     output = _open_output(args, runtime, training, start_epoch, checkpoint, stack)
     del checkpoint  # free the resumed tensors
 
@@ -209,7 +216,26 @@ def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else None)
+    _check_forward(args, task, data_config, device)
     return _Training(task, optimizer, data_config, num_aug_splits)
+
+
+def _check_forward(args: argparse.Namespace, task: ClassificationTask, data_config: Dict[str, Any],
+                   device: torch.device) -> None:
+    """One forward of a blank input through the module as trained (eval mode, no gradient, no random draws), so
+    that what only the feature maps tell (TENET's groups against the channels at its split, an input too small
+    for the model) fails before the output folder is touched instead of at the first training step."""
+    module = task.get_trainable_module()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *data_config['input_size'], device=device))
+    except (ValueError, RuntimeError) as e:
+        size = 'x'.join(map(str, data_config['input_size']))
+        raise TrainingError(f'cannot train {args.model} on {size} inputs: {first_line(e)}') from None
+    finally:
+        module.train(was_training)
 
 
 def _mixup_active(args: argparse.Namespace) -> bool:
@@ -220,6 +246,11 @@ def _build_data_and_schedule(
         args: argparse.Namespace, runtime: _Runtime, training: _Training, perturb: Optional[Perturb]) -> None:
     """Datasets, loaders (with mixup and adversarial batches) and the learning-rate schedule over them."""
     training.dataset_train, dataset_eval = create_train_eval_datasets(args)
+    training.class_names = class_names(training.dataset_train)
+    if training.class_names is not None and len(training.class_names) > args.num_classes:
+        raise DataError(f'the training data has {len(training.class_names)} classes but {args.model} predicts '
+                        f'{args.num_classes}: pass --num-classes {len(training.class_names)}, or --class-map FILE to '
+                        f'train on a subset')
     mixup_args = None
     if _mixup_active(args):
         mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
@@ -247,15 +278,22 @@ def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
     task, lr_scheduler = training.task, training.lr_scheduler
     resume_epoch = None
     if checkpoint is not None:
+        _check_resumed_classes(args, training, checkpoint)
         restore_opt = not args.no_resume_opt
+        # as timm: the schedule comes from this run's arguments (a new --epochs gives a schedule of that length)
+        # and is stepped to the start epoch below; only plateau's metric history needs the saved state
         resume_epoch = restore_training_state(
             task, checkpoint, args.resume,
             optimizer=training.optimizer if restore_opt else None,
             loss_scaler=runtime.loss_scaler if restore_opt else None,
-            lr_scheduler=lr_scheduler if restore_opt else None)
+            lr_scheduler=lr_scheduler if restore_opt and args.sched == 'plateau' else None)
         if runtime.primary:
             _logger.info(f"Resumed from '{args.resume}' (epoch {checkpoint.get('epoch')}, TENET step "
                          f"{getattr(task, 'step', '-')})")
+            epochs_before = recorded_args(checkpoint).get('epochs')
+            if isinstance(epochs_before, int) and epochs_before != args.epochs:
+                _logger.info(f'The resumed run was scheduled for {epochs_before} epochs: the learning-rate schedule '
+                             f'is built for --epochs {args.epochs} and continues at epoch {resume_epoch}.')
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
     if lr_scheduler is not None and start_epoch > 0:
         if args.sched_on_updates:
@@ -269,7 +307,24 @@ def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
     if args.distributed:
         ddp_kwargs = dict(broadcast_buffers=False) if args.no_ddp_bb else {}
         task.prepare_distributed(device_ids=[runtime.device] if runtime.device.type == 'cuda' else None, **ddp_kwargs)
+    rng_state = checkpoint.get('rng_state') if isinstance(checkpoint, dict) else None
+    if rng_state and not args.distributed and resume_epoch == start_epoch:
+        # last: the next draw is the one the uninterrupted run made at the start of this epoch (data order,
+        # augmentation, k-means seeding); a checkpoint holds the primary rank's generators only
+        set_rng_state(rng_state)
     return start_epoch
+
+
+def _check_resumed_classes(args: argparse.Namespace, training: _Training, checkpoint: Dict[str, Any]) -> None:
+    """A resumed run must train on the classes its checkpoint was trained on, index for index."""
+    before, now = checkpoint_class_names(checkpoint), training.class_names
+    if before is None or now is None or before == now:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
+    raise DataError(f"'{args.resume}' was trained on other classes than this data: {len(before)} classes there, "
+                    f"{len(now)} here, and class {i} is '{before[i] if i < len(before) else '-'}' there but "
+                    f"'{now[i] if i < len(now) else '-'}' here; pass the --class-map / --num-classes of that run "
+                    f'(or start from its weights with --initial-checkpoint)')
 
 
 def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Training, start_epoch: int,
@@ -282,7 +337,7 @@ def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Trainin
     exp_name = args.experiment or '-'.join([
         datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
         str(training.data_config['input_size'][-1])])
-    output_dir = get_outdir(args.output if args.output else './output/train', exp_name)
+    output_dir = _experiment_folder(args, args.output or './output/train', exp_name)
     handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
     handler.setFormatter(logging.Formatter('%(asctime)s %(name)s [%(levelname)s] %(message)s'))
     root = logging.getLogger()
@@ -294,9 +349,8 @@ def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Trainin
     saver = AtomicCheckpointSaver(
         training.task, training.optimizer, args=args_to_dict(args), amp_scaler=runtime.loss_scaler,
         lr_scheduler=training.lr_scheduler, checkpoint_dir=output_dir, decreasing='loss' in args.eval_metric,
-        max_history=args.checkpoint_hist)
-    same_dir = args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir)
-    if same_dir and isinstance(checkpoint, dict) and checkpoint.get('saver'):
+        max_history=args.checkpoint_hist, class_names=training.class_names)
+    if _resumes_in(args, output_dir) and isinstance(checkpoint, dict) and checkpoint.get('saver'):
         saver.load_state_dict(checkpoint['saver'])
     summary_path = os.path.join(output_dir, 'summary.csv')
     trim_summary(summary_path, start_epoch)
@@ -304,6 +358,22 @@ def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Trainin
     _logger.info(f'Scheduled epochs: {training.num_epochs} ({training.updates_per_epoch} updates per epoch), '
                  f'starting at epoch {start_epoch}.')
     return _Output(output_dir, saver, summary_path)
+
+
+def _resumes_in(args: argparse.Namespace, folder: str) -> bool:
+    return bool(args.resume) and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder)
+
+
+def _experiment_folder(args: argparse.Namespace, root: str, name: str) -> str:
+    """``root/name``, created; a run that does not resume from a checkpoint in it never writes into a folder that
+    holds an earlier run's files: it takes ``name-1``, ``name-2``, ... (timm's ``get_outdir(..., inc=True)``)."""
+    folder = os.path.join(root, name)
+    if _resumes_in(args, folder) or not os.path.isdir(folder) or not os.listdir(folder):
+        return get_outdir(root, name)
+    new = get_outdir(root, name, inc=True)
+    _logger.warning(f"'{folder}' holds an earlier run, which stays as it is: this run writes to '{new}' "
+                    f'(to continue that run instead, pass --resume {os.path.join(folder, "last.pth.tar")})')
+    return new
 
 
 def _train_epoch(args: argparse.Namespace, runtime: _Runtime, training: _Training, output: _Output,
