@@ -8,7 +8,6 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.utils.data as data
-from PIL import Image
 from timm.data import create_dataset
 from timm.data.dataset import ImageDataset
 
@@ -31,21 +30,43 @@ class DataError(RuntimeError):
     """A dataset that cannot be trained on as given; the message says what to fix."""
 
 
-class SkippingImageDataset(ImageDataset):
-    """timm's ``ImageDataset`` that skips and counts images that fail to decode.
+class _TriedReader:
+    """A timm reader that remembers the indices read since ``tried`` was last cleared: the retries of timm's
+    ``ImageDataset``, which moves on to the next sample when one fails to open or decode."""
 
-    An image that cannot be opened or decoded is logged with its path and replaced by the next
-    decodable one, and ``num_skipped`` counts such failures over the dataset's life, across
-    DataLoader worker processes (a shared-memory counter). Ten consecutive failures stop with the
-    paths, since then the data, not an odd file, is broken.
+    def __init__(self, reader: Any):
+        self.reader = reader
+        self.tried: List[int] = []
+
+    def __getitem__(self, index: int):
+        self.tried.append(index)
+        return self.reader[index]
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getattr__(self, name: str):
+        if name.startswith('__') or name == 'reader':  # pickling (DataLoader workers) looks these up first
+            raise AttributeError(name)
+        return getattr(self.reader, name)
+
+
+class SkippingImageDataset(ImageDataset):
+    """timm's ``ImageDataset`` (whose retry replaces an image that fails to open or decode by the next one),
+    counting and naming the images skipped.
+
+    ``num_skipped`` counts such failures over the dataset's life, across DataLoader worker processes (a
+    shared-memory counter), and each skipped image is logged with its path. Ten consecutive failures stop
+    with the paths, since then the data, not an odd file, is broken.
 
     Args:
         reader: A timm reader (``dataset.reader`` of a folder dataset).
-        **kwargs: ``ImageDataset`` arguments (``input_img_mode``, ``transform``, ...).
+        **kwargs: ``ImageDataset`` arguments (``input_img_mode``, ``transform``, ``load_bytes``, ...).
     """
 
     def __init__(self, reader: Any, **kwargs: Any):
-        super().__init__(root=None, reader=reader, **kwargs)
+        super().__init__(root=None, reader=_TriedReader(reader), **kwargs)
+        self._max_retries = _MAX_CONSECUTIVE_FAILURES  # timm's retry limit
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property
@@ -59,31 +80,22 @@ class SkippingImageDataset(ImageDataset):
             return f'sample {index}'
 
     def __getitem__(self, index: int):
-        failed: List[str] = []
-        for _ in range(min(_MAX_CONSECUTIVE_FAILURES, len(self.reader))):
-            try:
-                img, target, *features = self.reader[index]
-                img = Image.open(img)
-                if self.input_img_mode:
-                    img = img.convert(self.input_img_mode)  # decodes the pixels
-                else:
-                    img.load()
-                break
-            except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
-                path = self._path(index)
-                self._skipped += 1
-                failed.append(path)
-                _logger.warning(f'Skipped image that failed to decode: {path} ({type(e).__name__}: {e})')
-                index = (index + 1) % len(self.reader)
-        else:
-            raise DataError(f'{len(failed)} consecutive images failed to decode, the data looks broken: '
-                            f'{", ".join(failed)}')
-        if self.transform is not None:
-            img = self.transform(img)
-        target = -1 if target is None else target
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
+        tried = self.reader.tried
+        tried.clear()
+        try:
+            item = super().__getitem__(index)
+        except RuntimeError:
+            if len(tried) < self._max_retries:
+                raise  # not timm's retry giving up
+            failed = list(dict.fromkeys(self._path(i) for i in tried))
+            self._skipped += len(tried)
+            raise DataError(f'{len(tried)} consecutive images failed to decode, the data looks broken: '
+                            f'{", ".join(failed)}') from None
+        if len(tried) > 1:
+            self._skipped += len(tried) - 1
+            for i in tried[:-1]:
+                _logger.warning(f'Skipped image that failed to decode: {self._path(i)}')
+        return item
 
 
 class SplitSubset(data.Dataset):
@@ -214,7 +226,8 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
                             f"'{args.data_dir}': {detail}") from None
         if folder and type(dataset) is ImageDataset:
             _check_classes(dataset, split, bool(args.class_map))
-            dataset = SkippingImageDataset(dataset.reader, input_img_mode=dataset.input_img_mode)
+            dataset = SkippingImageDataset(dataset.reader, input_img_mode=dataset.input_img_mode,
+                                           load_bytes=dataset.load_bytes, additional_features=dataset.additional_features)
         if match is not None:
             _, bounds = parse_split(split, len(dataset))
             dataset = SplitSubset(dataset, *bounds)

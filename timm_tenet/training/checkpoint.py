@@ -19,7 +19,7 @@ import torch
 from timm.models import clean_state_dict
 from timm.utils import CheckpointSaver, unwrap_model
 
-from ..utils.checkpoint import EMA_KEYS, CheckpointError, load_state_dict_checked
+from ..utils.checkpoint import EMA_KEYS, CheckpointError, check_state_dict_fits
 from ..utils.errors import first_line
 from ..utils.io import TMP_MARK, atomic_save, tmp_path
 from ..utils.cli import args_to_dict
@@ -57,6 +57,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((python['version'], tuple(python['state'].tolist()), python['gauss_next']))
 
 
+def _load_task_weights(task: Any, state_dict: Dict[str, Any], task_state: Optional[Dict[str, Any]], source: str,
+                       ema: bool = False) -> None:
+    """timm's ``task.load_checkpoint_state`` (strict), after checking in one line that the weights fit."""
+    check_state_dict_fits(task.get_eval_model(ema=ema), state_dict, source)
+    task.load_checkpoint_state(state_dict, task_state, ema=ema)
+
+
 def restore_training_state(
         task: Any,
         checkpoint: Dict[str, Any],
@@ -68,6 +75,11 @@ def restore_training_state(
     """Restore model, TENET task state (the step counter), EMA, optimizer, AMP scaler and scheduler from
     a checkpoint written by :class:`AtomicCheckpointSaver` (or by timm's ``train.py``).
 
+    Weights and task state go through timm's ``task.load_checkpoint_state`` (after a one-line check that the
+    weights fit); unlike timm's ``resume_task_checkpoint`` this takes the checkpoint already read (it was checked
+    before the data was prepared) and also restores the scheduler, which timm's helper leaves to the caller (the
+    random generators, which timm does not save, are restored by the run with :func:`set_rng_state`).
+
     Returns:
         The epoch to continue at (the checkpoint's epoch + 1), or None when it records no epoch.
     """
@@ -76,16 +88,15 @@ def restore_training_state(
                               f'to start from bare weights')
     key = 'state_dict' if 'state_dict' in checkpoint else 'model'
     state_dict = clean_state_dict(checkpoint[key])
-    load_state_dict_checked(task.get_eval_model(), state_dict, path)
-    task.load_task_state(checkpoint.get('task_state'))
+    _load_task_weights(task, state_dict, checkpoint.get('task_state'), path)
     if task.has_ema():
         ema_state = next((checkpoint[k] for k in EMA_KEYS if checkpoint.get(k)), None)
         if ema_state is not None:
-            load_state_dict_checked(task.get_eval_model(ema=True), clean_state_dict(ema_state), f'{path} (EMA)')
-            task.load_task_state(checkpoint.get('task_state_ema'), ema=True)
+            _load_task_weights(task, clean_state_dict(ema_state), checkpoint.get('task_state_ema'), f'{path} (EMA)',
+                               ema=True)
         else:
             _logger.warning(f"'{path}' has no EMA weights: the EMA restarts from the resumed model.")
-            load_state_dict_checked(task.get_eval_model(ema=True), state_dict, path)
+            _load_task_weights(task, state_dict, None, path, ema=True)
     try:
         if optimizer is not None and 'optimizer' in checkpoint:
             optimizer.load_state_dict(checkpoint['optimizer'])

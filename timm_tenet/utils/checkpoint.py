@@ -20,9 +20,9 @@ from timm.utils import unwrap_model
 from .errors import first_line
 
 __all__ = [
-    'CheckpointError', 'EMA_KEYS', 'MODEL_KEYS', 'checkpoint_args', 'checkpoint_class_names', 'classifier_outputs', 'extract_state_dict',
-    'is_state_dict', 'load_checkpoint_file', 'load_model_weights', 'load_state_dict_checked', 'recorded_args',
-    'resolve_checkpoint_path', 'state_dict_mismatch',
+    'CheckpointError', 'EMA_KEYS', 'MODEL_KEYS', 'check_state_dict_fits', 'checkpoint_args', 'checkpoint_class_names',
+    'classifier_outputs', 'extract_state_dict', 'is_state_dict', 'load_checkpoint_file', 'load_model_weights',
+    'load_state_dict_checked', 'recorded_args', 'resolve_checkpoint_path', 'state_dict_mismatch',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -229,11 +229,16 @@ def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, Any]) -> Opti
     return ', '.join(problems) or None
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Dict[str, Any], source: str) -> None:
-    """``model.load_state_dict(state_dict)`` (strict), failing with one line that counts the mismatches."""
+def check_state_dict_fits(model: nn.Module, state_dict: Dict[str, Any], source: str) -> None:
+    """A one-line :class:`CheckpointError` that counts the mismatches unless ``state_dict`` loads strictly."""
     problem = state_dict_mismatch(unwrap_model(model), state_dict)
     if problem:
         raise CheckpointError(f"'{source}' does not fit {type(unwrap_model(model)).__name__}: {problem}")
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Dict[str, Any], source: str) -> None:
+    """``model.load_state_dict(state_dict)`` (strict), failing with one line that counts the mismatches."""
+    check_state_dict_fits(model, state_dict, source)
     unwrap_model(model).load_state_dict(state_dict)
 
 
