@@ -19,12 +19,14 @@ import torch
 from timm.models import clean_state_dict
 from timm.utils import CheckpointSaver, unwrap_model
 
-from ..utils.checkpoint import EMA_KEYS, CheckpointError, check_state_dict_fits
+from ..data.dataset import DataError
+from ..utils.checkpoint import EMA_KEYS, CheckpointError, check_state_dict_fits, checkpoint_class_names
 from ..utils.errors import first_line
 from ..utils.io import TMP_MARK, atomic_save, tmp_path
 from ..utils.cli import args_to_dict
 
-__all__ = ['AtomicCheckpointSaver', 'get_rng_state', 'restore_training_state', 'set_rng_state']
+__all__ = ['AtomicCheckpointSaver', 'check_resumed_classes', 'get_rng_state', 'restore_training_state',
+           'set_rng_state']
 
 _logger = logging.getLogger(__name__)
 
@@ -111,6 +113,18 @@ def restore_training_state(
         return None
     epoch = int(checkpoint['epoch'])
     return epoch + 1 if checkpoint.get('version', 1) > 1 else epoch
+
+
+def check_resumed_classes(path: str, checkpoint: Dict[str, Any], class_names: Optional[Sequence[str]]) -> None:
+    """A resumed run must train on the classes its checkpoint (``path``) was trained on, index for index."""
+    before, now = checkpoint_class_names(checkpoint), class_names
+    if before is None or now is None or before == now:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
+    raise DataError(f"'{path}' was trained on other classes than this data: {len(before)} classes there, "
+                    f"{len(now)} here, and class {i} is '{before[i] if i < len(before) else '-'}' there but "
+                    f"'{now[i] if i < len(now) else '-'}' here; pass the --class-map / --num-classes of that run "
+                    f'(or start from its weights with --initial-checkpoint)')
 
 
 class AtomicCheckpointSaver(CheckpointSaver):

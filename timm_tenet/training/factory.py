@@ -18,7 +18,7 @@ from ..utils.checkpoint import load_model_weights
 from ..utils.errors import first_line
 from .settings import TrainingError
 
-__all__ = ['create_loaders', 'create_model', 'create_task']
+__all__ = ['check_forward', 'create_loaders', 'create_model', 'create_task']
 
 
 def create_model(args: argparse.Namespace) -> nn.Module:
@@ -166,3 +166,21 @@ def create_loaders(args, data_config, dataset_train, dataset_eval, device, num_a
         raise DataError(f'the training split has {len(dataset_train)} images per process, fewer than one batch of '
                         f'{args.batch_size}: lower --batch-size')
     return loader_train, loader_eval, mixup_fn
+
+
+def check_forward(args: argparse.Namespace, task: ClassificationTask, data_config: Dict[str, Any],
+                   device: torch.device) -> None:
+    """One forward of a blank input through the module as trained (eval mode, no gradient, no random draws), so
+    that what only the feature maps tell (TENET's groups against the channels at its split, an input too small
+    for the model) fails before the output folder is touched instead of at the first training step."""
+    module = task.get_trainable_module()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *data_config['input_size'], device=device))
+    except (ValueError, RuntimeError) as e:
+        size = 'x'.join(map(str, data_config['input_size']))
+        raise TrainingError(f'cannot train {args.model} on {size} inputs: {first_line(e)}') from None
+    finally:
+        module.train(was_training)

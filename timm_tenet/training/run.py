@@ -21,15 +21,15 @@ from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_pr
 
 from ..config import TenetConfig
 from ..data.dataset import DataError, class_names, count_skipped, create_train_eval_datasets
-from ..utils.checkpoint import CheckpointError, checkpoint_class_names, load_checkpoint_file, recorded_args
+from ..utils.checkpoint import CheckpointError, load_checkpoint_file, recorded_args
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
 from ..utils.io import atomic_write_text
 from .adversarial import AdversarialConfig, adversarial_training
 from .args import build_train_parser
-from .checkpoint import AtomicCheckpointSaver, restore_training_state, set_rng_state
+from .checkpoint import AtomicCheckpointSaver, check_resumed_classes, restore_training_state, set_rng_state
 from .engine import Perturb, evaluate_epoch, train_one_epoch
-from .factory import create_loaders, create_model, create_task
+from .factory import check_forward, create_loaders, create_model, create_task
 from .settings import TrainingError, resolve_adversarial_config, resolve_amp, resolve_lr, \
     resolve_push_settings, resolve_tenet_config
 
@@ -216,26 +216,8 @@ def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else None)
-    _check_forward(args, task, data_config, device)
+    check_forward(args, task, data_config, device)
     return _Training(task, optimizer, data_config, num_aug_splits)
-
-
-def _check_forward(args: argparse.Namespace, task: ClassificationTask, data_config: Dict[str, Any],
-                   device: torch.device) -> None:
-    """One forward of a blank input through the module as trained (eval mode, no gradient, no random draws), so
-    that what only the feature maps tell (TENET's groups against the channels at its split, an input too small
-    for the model) fails before the output folder is touched instead of at the first training step."""
-    module = task.get_trainable_module()
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, *data_config['input_size'], device=device))
-    except (ValueError, RuntimeError) as e:
-        size = 'x'.join(map(str, data_config['input_size']))
-        raise TrainingError(f'cannot train {args.model} on {size} inputs: {first_line(e)}') from None
-    finally:
-        module.train(was_training)
 
 
 def _mixup_active(args: argparse.Namespace) -> bool:
@@ -278,7 +260,7 @@ def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
     task, lr_scheduler = training.task, training.lr_scheduler
     resume_epoch = None
     if checkpoint is not None:
-        _check_resumed_classes(args, training, checkpoint)
+        check_resumed_classes(args.resume, checkpoint, training.class_names)
         restore_opt = not args.no_resume_opt
         # as timm: the schedule comes from this run's arguments (a new --epochs gives a schedule of that length)
         # and is stepped to the start epoch below; only plateau's metric history needs the saved state
@@ -313,18 +295,6 @@ def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
         # augmentation, k-means seeding); a checkpoint holds the primary rank's generators only
         set_rng_state(rng_state)
     return start_epoch
-
-
-def _check_resumed_classes(args: argparse.Namespace, training: _Training, checkpoint: Dict[str, Any]) -> None:
-    """A resumed run must train on the classes its checkpoint was trained on, index for index."""
-    before, now = checkpoint_class_names(checkpoint), training.class_names
-    if before is None or now is None or before == now:
-        return
-    i = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
-    raise DataError(f"'{args.resume}' was trained on other classes than this data: {len(before)} classes there, "
-                    f"{len(now)} here, and class {i} is '{before[i] if i < len(before) else '-'}' there but "
-                    f"'{now[i] if i < len(now) else '-'}' here; pass the --class-map / --num-classes of that run "
-                    f'(or start from its weights with --initial-checkpoint)')
 
 
 def _open_output(args: argparse.Namespace, runtime: _Runtime, training: _Training, start_epoch: int,
