@@ -1,1 +1,2 @@
-"""Training: the ``train.py`` command line, the run, the epoch loop and adversarial training."""
+"""Training: the ``train.py`` command line and its checked settings, what a run is built from, the run, the epoch
+loop, adversarial training and checkpoints."""
