@@ -19,6 +19,7 @@ from timm.utils import setup_default_logging
 
 from timm_tenet.training.args import parse_train_args
 from timm_tenet.training.run import run_training, training_errors
+from timm_tenet.utils.cli import warn_once_about_workers
 
 _logger = logging.getLogger('train')
 
@@ -26,6 +27,7 @@ _logger = logging.getLogger('train')
 def main(argv=None) -> int:
     if not logging.root.handlers:
         setup_default_logging()
+    warn_once_about_workers()
     try:
         args, _ = parse_train_args(argv)
         result = run_training(args)

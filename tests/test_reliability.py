@@ -250,3 +250,74 @@ def test_a_run_resumed_at_an_epoch_boundary_ends_with_the_uninterrupted_runs_met
     import csv
     rows = [list(csv.DictReader(open(tmp_path / name / 'summary.csv'))) for name in ('full', 'stopped')]
     assert rows[1][-1]['epoch'] == '1' and rows[1][-1] == rows[0][-1]  # losses, accuracy, lr: every digit
+
+
+# 5, 6, 8, 13: validate.py scores each readable image once, of the model's classes, and fails fast
+
+@pytest.fixture(scope='module')
+def pets_run(tmp_path_factory):
+    """A 1-epoch run on classes 'cat' and 'dog' (its checkpoint records their names)."""
+    root = tmp_path_factory.mktemp('pets')
+    data = _folder(root / 'data', train_per_class=4, val_per_class=2, classes=('cat', 'dog'))
+    result = _train(*_train_argv(data, root / 'out', '--epochs', '1', experiment='pets'))
+    return Path(result.output_dir)
+
+
+def test_validate_refuses_data_whose_classes_differ_from_the_models_and_takes_a_class_map(pets_run, tmp_path,
+                                                                                           caplog):
+    import torch
+    from timm_tenet.robustness.validation import main as validate_main
+    assert torch.load(pets_run / 'last.pth.tar', weights_only=True)['class_names'] == ['cat', 'dog']
+    cows = _folder(tmp_path / 'cows', train_per_class=0, val_per_class=2, classes=('cat', 'cow'))
+    proc = _script('validate.py', '--checkpoint', pets_run, '--data-dir', cows, '-j', '0')
+    assert proc.returncode == 1
+    assert _error_lines(proc)[-1] == (
+        "ERROR: the dataset's classes do not match the model's: 'cow' is label 1 here but not a class of the model; "
+        "pass --class-map FILE (one class name per line, in the model's index order) or the matching --num-classes")
+
+    dogs = _folder(tmp_path / 'dogs', train_per_class=0, val_per_class=2, classes=('dog',))
+    assert validate_main(['--checkpoint', str(pets_run), '--data-dir', str(dogs), '-j', '0']) == 1
+    assert "'dog' is label 0 here but class 1 of the model" in caplog.text
+    (tmp_path / 'classes.txt').write_text('cat\ndog\n')
+    assert validate_main(['--checkpoint', str(pets_run), '--data-dir', str(dogs), '-j', '0', '--class-map',
+                          str(tmp_path / 'classes.txt')]) == 0
+
+
+def test_resuming_on_other_classes_is_refused(pets_run, tmp_path):
+    from timm_tenet.data.dataset import DataError
+    cows = _folder(tmp_path / 'cows', train_per_class=4, val_per_class=2, classes=('cat', 'cow'))
+    with pytest.raises(DataError, match=r"was trained on other classes than this data: .* class 1 is 'dog' there but "
+                                        r"'cow' here; pass the --class-map / --num-classes of that run"):
+        _train(*_train_argv(cows, tmp_path, '--resume', str(pets_run / 'last.pth.tar')))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_validate_counts_an_unreadable_image_once_and_warns_about_workers_once(data_dir, tmp_path):
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(data_dir / 'validation', data / 'validation')
+    (data / 'validation' / '1' / 'broken.png').write_bytes(b'not a png')  # 5 images, one unreadable
+    import timm
+    import torch
+    torch.save({'state_dict': timm.create_model('test_resnet', num_classes=2).state_dict(),
+                'args': {'model': 'test_resnet', 'num_classes': 2}}, tmp_path / 'c.pth.tar')
+    proc = _script('validate.py', '--checkpoint', tmp_path / 'c.pth.tar', '--data-dir', data, '-j', '4', '-b', '4',
+                   '--img-size', '32')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ' on 4 images (1 that failed to decode left out; their paths are above)' in proc.stderr
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    assert proc.stderr.count('This DataLoader will create 4 worker processes') == (1 if cores < 4 else 0)
+
+
+def test_validate_names_a_missing_data_folder_before_the_model_and_an_unreachable_hub_fails_fast(data_dir, tmp_path):
+    import time
+    hub = dict(HF_ENDPOINT=_closed_port_url(), HF_HOME=str(tmp_path / 'hf'))
+    proc = _script('validate.py', '--model', 'resnet18_tenet', '--data-dir', tmp_path / 'missing', env=hub)
+    assert proc.returncode == 1 and _error_lines(proc) == [
+        f"ERROR: data folder not found: '{tmp_path / 'missing'}' (--data-dir)"], proc.stderr[-2000:]
+    start = time.time()
+    proc = _script('validate.py', '--model', 'resnet18_tenet', '--data-dir', data_dir, env=hub)
+    assert proc.returncode == 1 and time.time() - start < 60
+    assert 'Retrying' not in proc.stderr and _error_lines(proc)[-1].startswith(
+        "ERROR: cannot create model 'resnet18_tenet' with pretrained weights: the Hugging Face Hub does not answer ("), \
+        proc.stderr[-2000:]

@@ -2,31 +2,40 @@
 and a ``--valid-labels`` subset, with the classifier wrapped to take [0, 1] images (:func:`wrap_for_eval`),
 so corruptions and attacks act in pixel space and one loader serves every pass."""
 import argparse
+import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from PIL import Image
 from timm.data import create_dataset
+from timm.data.dataset import ImageDataset
+from timm.data.loader import fast_collate
 
 from ..data.dataset import is_folder_dataset
 from ..data.digits import DIGITS_DATASET, prepare_digits
 from ..models.tenet_models import create_tenet_model
-from ..utils.checkpoint import checkpoint_args, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
+from ..utils.checkpoint import checkpoint_args, checkpoint_class_names, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
     resolve_checkpoint_path
 from ..utils.errors import first_line
 from .attacks import NormalizedModel
 from .options import EvaluationError
 
 __all__ = [
-    'HUB_PREFIXES', 'create_eval_dataset', 'create_eval_model', 'fill_from_checkpoint_args', 'load_eval_checkpoint',
+    'HUB_PREFIXES', 'UnreadableSkipped', 'check_classes', 'check_data_source', 'create_eval_dataset', 'create_eval_model', 'fill_from_checkpoint_args', 'load_eval_checkpoint',
     'load_valid_labels', 'num_outputs', 'wrap_for_eval',
 ]
 
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 
+_logger = logging.getLogger(__name__)
 
-def load_eval_checkpoint(path: str, use_ema: bool = False) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+
+def load_eval_checkpoint(
+        path: str,
+        use_ema: bool = False,
+) -> Tuple[str, Dict[str, Any], Dict[str, Any], Optional[List[str]]]:
     """Load a checkpoint (``weights_only``) for evaluation, through :mod:`timm_tenet.utils.checkpoint`.
 
     Args:
@@ -34,15 +43,16 @@ def load_eval_checkpoint(path: str, use_ema: bool = False) -> Tuple[str, Dict[st
         use_ema: Take ``state_dict_ema``; a checkpoint without EMA weights is an error, not a silent fallback.
 
     Returns:
-        The file used, its model state dict (``module.`` prefixes removed) and its recorded training arguments
-        (:func:`~timm_tenet.utils.checkpoint.checkpoint_args`).
+        The file used, its model state dict (``module.`` prefixes removed), its recorded training arguments
+        (:func:`~timm_tenet.utils.checkpoint.checkpoint_args`) and class names (None when not recorded).
 
     Raises:
         CheckpointError: one line for a missing, corrupt, truncated or foreign file.
     """
     path = resolve_checkpoint_path(path)
     checkpoint = load_checkpoint_file(path)
-    return path, extract_state_dict(checkpoint, path, use_ema), checkpoint_args(checkpoint)
+    return (path, extract_state_dict(checkpoint, path, use_ema), checkpoint_args(checkpoint),
+            checkpoint_class_names(checkpoint))
 
 
 def fill_from_checkpoint_args(args: argparse.Namespace, recorded: Mapping[str, Any]) -> List[str]:
@@ -115,6 +125,43 @@ def create_eval_model(
     return model.eval()
 
 
+def check_data_source(name: str, root: Optional[str]) -> None:
+    """A folder dataset needs an existing ``--data-dir``: checked before any model is created or downloaded."""
+    if (name or '').lower() == DIGITS_DATASET or not is_folder_dataset(name or ''):
+        return
+    if not root:
+        raise EvaluationError('no dataset given: pass --data-dir DIR (an image folder of <class>/<image>, '
+                              'optionally under <split>/) or --dataset sklearn/digits')
+    if not os.path.exists(root):
+        raise EvaluationError(f"data folder not found: '{root}' (--data-dir)")
+
+
+def check_classes(class_to_idx: Optional[Mapping[str, int]], num_outputs: int, model_classes: Optional[List[str]],
+                  class_map: str = '') -> None:
+    """Refuse data whose label indices would not mean the model's classes.
+
+    With the model's class names (a ``train.py`` checkpoint records them), every class of the data must carry the
+    index of the same name in the model; without them, the data must name as many classes as the model predicts
+    unless ``--class-map`` says which index each folder is.
+    """
+    if not class_to_idx:
+        return
+    hint = 'pass --class-map FILE (one class name per line, in the model\'s index order) or the matching --num-classes'
+    if len(class_to_idx) > num_outputs:
+        raise EvaluationError(f'the dataset has {len(class_to_idx)} classes but the model predicts {num_outputs}; '
+                              f'{hint}')
+    if model_classes is not None:
+        for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            if index >= len(model_classes) or model_classes[index] != str(name):
+                where = f"class {model_classes.index(str(name))} of the model" if str(name) in model_classes else \
+                    'not a class of the model'
+                raise EvaluationError(f"the dataset's classes do not match the model's: '{name}' is label {index} here "
+                                      f'but {where}; {hint}')
+    elif len(class_to_idx) < num_outputs and not class_map:
+        raise EvaluationError(f'the dataset has {len(class_to_idx)} classes but the model predicts {num_outputs}, and '
+                              f'the checkpoint does not record its class names, so the labels may not line up; {hint}')
+
+
 def create_eval_dataset(
         name: str,
         root: Optional[str],
@@ -131,18 +178,13 @@ def create_eval_dataset(
         **kwargs: Other ``create_dataset`` arguments (``class_map``, ``download``, ``num_samples``, ...).
     """
     name = name or ''
+    check_data_source(name, root)
     if name.lower() == DIGITS_DATASET:
         try:
             root = str(prepare_digits(root or None))
         except (RuntimeError, OSError) as e:
             raise EvaluationError(f'cannot prepare {DIGITS_DATASET}: {first_line(e)}') from None
         name = ''
-    if is_folder_dataset(name):
-        if not root:
-            raise EvaluationError('no dataset given: pass --data-dir DIR (an image folder of <class>/<image>, '
-                                  'optionally under <split>/) or --dataset sklearn/digits')
-        if not os.path.exists(root):
-            raise EvaluationError(f"data folder not found: '{root}' (--data-dir)")
     try:
         dataset = create_dataset(name, root=root, split=split, is_training=False, **kwargs)
     except (FileNotFoundError, RuntimeError, AssertionError, ValueError, OSError) as e:
@@ -151,6 +193,76 @@ def create_eval_dataset(
     if hasattr(dataset, '__len__') and len(dataset) == 0:
         raise EvaluationError(f"no images in the '{split}' split of '{root}' (expected <class>/<image> files)")
     return dataset
+
+
+class UnreadableSkipped(torch.utils.data.Dataset):
+    """An evaluation view of a timm ``ImageDataset``: an image that fails to open or decode is left out of its
+    batch (logged with its path and counted), where timm's dataset would replace it by the next image and so
+    score that one twice.
+
+    Args:
+        dataset: timm's ``ImageDataset`` (a folder, tar or ``sklearn/digits``); its ``transform`` is the one set.
+    """
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+        self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()  # counted in loader workers too
+
+    @classmethod
+    def wrap(cls, dataset: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+        """``dataset`` in this view when it reads image files, else unchanged."""
+        return cls(dataset) if isinstance(dataset, ImageDataset) and not dataset.load_bytes else dataset
+
+    @staticmethod
+    def count(dataset: Any) -> int:
+        """Images left out so far by ``dataset`` (0 for other datasets)."""
+        return int(dataset._skipped.item()) if isinstance(dataset, UnreadableSkipped) else 0
+
+    def collate(self, use_prefetcher: bool) -> Callable[[List[Any]], Any]:
+        """The loader's collate function (timm's: ``fast_collate`` with the prefetcher) without the left-out
+        images; a batch of left-out images only becomes an empty batch."""
+        collate = fast_collate if use_prefetcher else torch.utils.data.default_collate
+
+        def without_skipped(batch: List[Any]) -> Any:
+            kept = [sample for sample in batch if sample is not None]
+            if kept:
+                return collate(kept)
+            blank = collate([(self._transformed(Image.new(self.dataset.input_img_mode or 'RGB', (8, 8))), 0)])
+            return blank[0][:0], blank[1][:0]
+        return without_skipped
+
+    def _transformed(self, img: Image.Image) -> Any:
+        return self.dataset.transform(img) if self.dataset.transform is not None else img
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.dataset.transform = value
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[Tuple[Any, int]]:
+        dataset = self.dataset
+        img, target = dataset.reader[index][:2]
+        try:
+            img = Image.open(img)
+            img = img.convert(dataset.input_img_mode) if dataset.input_img_mode else img
+            img.load()
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+            self._skipped += 1
+            _logger.warning(f'Left out an image that failed to decode: {dataset.filename(index, absolute=True)} '
+                            f'({first_line(e)})')
+            return None
+        img = self._transformed(img)
+        if target is None:
+            target = -1
+        elif dataset.target_transform is not None:
+            target = dataset.target_transform(target)
+        return img, target
 
 
 def load_valid_labels(path: str, num_classes: int) -> List[int]:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,12 +15,12 @@ from timm.data import create_loader, resolve_data_config
 from timm.utils import random_seed, setup_default_logging
 
 from ..utils.checkpoint import CheckpointError
-from ..utils.cli import ConfigError
+from ..utils.cli import ConfigError, warn_once_about_workers
 from .args import parse_validate_args
 from .attack_eval import evaluate_attacks
 from .corruption_eval import corruption_variants, evaluate_corruption_dir, plan_corruption_dir
-from .loading import create_eval_dataset, create_eval_model, fill_from_checkpoint_args, load_eval_checkpoint, \
-    load_valid_labels, wrap_for_eval
+from .loading import UnreadableSkipped, check_classes, check_data_source, create_eval_dataset, create_eval_model, \
+    fill_from_checkpoint_args, load_eval_checkpoint, load_valid_labels, wrap_for_eval
 from .options import EvaluationError, parse_attacks, parse_corruptions, parse_eps_list, parse_severities, split_list
 from .results import write_results
 from .summaries import summarize_corruptions, summary_text
@@ -65,6 +65,8 @@ def _check_options(args) -> Dict[str, Any]:
     if not has_data and not args.corruption_dir:
         raise EvaluationError('nothing to evaluate: pass --data-dir DIR or --dataset NAME, and/or --corruption-dir')
     options['has_data'] = has_data
+    if has_data:
+        check_data_source(args.dataset, args.data_dir or args.data)
     options['c_format'], options['c_plan'] = plan_corruption_dir(
         args.corruption_dir, args.corruption_format, split_list(args.corruptions) or None,
         options['severities']) if args.corruption_dir else (None, [])
@@ -79,6 +81,7 @@ class _EvalModel:
     param_count: int
     data_config: Dict[str, Any]
     num_outputs: int
+    class_names: Optional[List[str]] = None  # recorded by train.py, index order
 
 
 def run_validation(args: argparse.Namespace) -> Dict[str, Any]:
@@ -112,9 +115,9 @@ def run_validation(args: argparse.Namespace) -> Dict[str, Any]:
 def _load_model(args: argparse.Namespace, device: torch.device) -> _EvalModel:
     """The checkpoint (its recorded arguments fill the unset flags), the model on ``device`` (channels-last,
     compiled when asked) and its wrapper for [0, 1] inputs."""
-    state_dict = source = None
+    state_dict = source = names = None
     if args.checkpoint:
-        source, state_dict, recorded = load_eval_checkpoint(args.checkpoint, args.use_ema)
+        source, state_dict, recorded, names = load_eval_checkpoint(args.checkpoint, args.use_ema)
         filled = fill_from_checkpoint_args(args, recorded)
         if filled:
             _logger.info(f'From {source}: ' + ', '.join(f'{k}={getattr(args, k)}' for k in filled))
@@ -135,8 +138,10 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> _EvalModel:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
     valid_labels = load_valid_labels(args.valid_labels, num_classes) if args.valid_labels else None
     evaluated = wrap_for_eval(model, data_config['mean'], data_config['std'], valid_labels).eval()
+    if valid_labels:  # the outputs are these classes of the model
+        names = [names[i] for i in valid_labels] if names is not None else None
     return _EvalModel(evaluated, source, param_count, data_config,
-                      len(valid_labels) if valid_labels else num_classes)
+                      len(valid_labels) if valid_labels else num_classes, names)
 
 
 def _amp_autocast(args: argparse.Namespace, device: torch.device) -> Callable[[], ContextManager]:
@@ -156,19 +161,20 @@ def _loader_args(args: argparse.Namespace, data_config: Dict[str, Any], device: 
 
 
 def _create_loader(args: argparse.Namespace, model: _EvalModel, loader_args: Dict[str, Any]) -> Iterable:
-    """The ``--data-dir`` / ``--dataset`` loader, refused when the data has more classes than the model predicts."""
+    """The ``--data-dir`` / ``--dataset`` loader, refused when its labels would not mean the model's classes
+    (:func:`~timm_tenet.robustness.loading.check_classes`); images that do not decode are left out, not replaced."""
     data_config = model.data_config
     dataset = create_eval_dataset(
         args.dataset, args.data_dir or args.data, split=args.split, class_map=args.class_map,
         download=args.dataset_download, num_samples=args.num_samples, input_key=args.input_key,
         input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
         target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code, seed=args.seed)
-    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
-    if class_to_idx and len(class_to_idx) > model.num_outputs:
-        raise EvaluationError(f'the dataset has {len(class_to_idx)} classes but the model predicts '
-                              f'{model.num_outputs}; pass the matching --num-classes / --checkpoint')
+    check_classes(getattr(getattr(dataset, 'reader', None), 'class_to_idx', None), model.num_outputs,
+                  model.class_names, args.class_map)
+    dataset = UnreadableSkipped.wrap(dataset)
+    collate = dataset.collate(loader_args['use_prefetcher']) if isinstance(dataset, UnreadableSkipped) else None
     return create_loader(dataset, input_size=data_config['input_size'], crop_pct=data_config['crop_pct'],
-                         **loader_args)
+                         collate_fn=collate, **loader_args)
 
 
 def _evaluate_clean_and_corrupted(args: argparse.Namespace, options: Dict[str, Any], model: _EvalModel,
@@ -186,13 +192,15 @@ def _evaluate_clean_and_corrupted(args: argparse.Namespace, options: Dict[str, A
     metrics = evaluate_variants(model.evaluated, loader, variants, desc=desc, **run_args)
     clean = metrics.pop('clean')
     sections: Dict[str, Any] = OrderedDict(clean=OrderedDict(
-        model=args.model, **{k: clean[k] for k in _ACCURACY},
+        model=args.model, split=args.split, **{k: clean[k] for k in _ACCURACY},
         param_count=round(model.param_count / 1e6, 2), img_size=data_config['input_size'][-1],
         crop_pct=data_config['crop_pct'], interpolation=data_config['interpolation']))
     if model.source:
         sections['clean']['checkpoint'] = model.source
+    skipped = UnreadableSkipped.count(loader.dataset)
     _logger.info(f" * Acc@1 {clean['top1']:.3f} ({clean['top1_err']:.3f}) "
-                 f"Acc@5 {clean['top5']:.3f} ({clean['top5_err']:.3f}) on {clean['count']} images")
+                 f"Acc@5 {clean['top5']:.3f} ({clean['top5_err']:.3f}) on {clean['count']} images"
+                 + (f' ({skipped} that failed to decode left out; their paths are above)' if skipped else ''))
     if options['corruptions']:
         rows = [OrderedDict(source='on-the-fly', corruption=name, severity=severity, **{k: m[k] for k in _ACCURACY})
                 for (name, severity), m in metrics.items()]
@@ -224,6 +232,7 @@ def _evaluate_released_c(args: argparse.Namespace, options: Dict[str, Any], mode
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         setup_default_logging()
+    warn_once_about_workers()
     try:
         args, _ = parse_validate_args(argv)
         results = run_validation(args)

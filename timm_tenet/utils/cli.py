@@ -5,12 +5,13 @@ import argparse
 import difflib
 import os
 import re
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 __all__ = ['ConfigError', 'args_to_dict', 'args_to_yaml', 'config_dests', 'load_config_defaults',
-           'parse_args_with_config', 'parser_with_config']
+           'parse_args_with_config', 'parser_with_config', 'warn_once_about_workers']
 
 
 class ConfigError(ValueError):
@@ -138,3 +139,9 @@ def args_to_dict(args: argparse.Namespace, keys: Optional[Sequence[str]] = None)
 def args_to_yaml(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> str:
     """YAML text of :func:`args_to_dict`, loadable again with ``-c``."""
     return yaml.safe_dump(args_to_dict(args, keys), default_flow_style=False)
+
+
+def warn_once_about_workers() -> None:
+    """torch warns that ``-j`` exceeds the cores where a loader is created and again where it is iterated, for
+    every loader: show that warning once per process."""
+    warnings.filterwarnings('once', message=r'This DataLoader will create \d+ worker processes', category=UserWarning)
