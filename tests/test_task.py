@@ -182,7 +182,7 @@ def test_vit_at_head_boundary_inhibits_patch_tokens_only():
 # --- bad input: one clear line each ---------------------------------------------------------------
 
 @pytest.mark.parametrize('stage, message', [
-    (5, r'stage 5 is out of range for ResNet: use 1\.\.4, or -1'),
+    (5, r'Stage 5 is out of range for ResNet: use 1\.\.4, or -1'),
     (0, 'stage is 1-based'),
 ])
 def test_stage_out_of_range_is_refused(resnet, stage, message):

@@ -1,8 +1,8 @@
 """Where a timm network is cut into the feature extractor ``F`` (input -> inhibited map ``A``) and the
 rest ``D`` (``A`` -> logits).
 
-TENET needs ``A`` from a single run of ``F`` and then runs ``D`` three times (clean, for the mask
-gradient, inhibited). Every supported family's ``forward_features`` is ``stem -> stages -> neck``, so
+TENET and RSC need ``A`` from a single run of ``F`` and then run ``D`` several times (clean, for the
+mask gradient, inhibited). Every supported family's ``forward_features`` is ``stem -> stages -> neck``, so
 one small declarative adapter per family, looked up by model class, is enough: ``F`` at stage k is the
 stem and the first k stages, ``D`` is the remaining stages, the neck and ``forward_head``. Stage ``-1``
 cuts at ``forward_features``/``forward_head`` and works for every timm model; there the map may be NCHW
@@ -104,11 +104,11 @@ class ModelSplit:
             return
         if self._family is None:
             raise ValueError(
-                f'TENET stage {stage} is not available for {name}: only stage=-1 (the forward_features/forward_head '
+                f'Stage {stage} is not available for {name}: only stage=-1 (the forward_features/forward_head '
                 f'boundary) works for it; intermediate stages are supported for {", ".join(supported_families())}.')
         num_stages = len(self._stages)
         if not 1 <= stage <= num_stages:
-            raise ValueError(f'TENET stage {stage} is out of range for {name}: use 1..{num_stages}, or -1.')
+            raise ValueError(f'Stage {stage} is out of range for {name}: use 1..{num_stages}, or -1.')
 
     def _init_head_boundary(self, model: nn.Module) -> None:
         if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':
@@ -117,7 +117,7 @@ class ModelSplit:
             pool = getattr(model, 'global_pool', 'token')
             if getattr(model, 'attn_pool', None) is not None or pool in _TOKEN_POOLS:
                 raise ValueError(
-                    f"TENET at stage -1 needs pooled patch tokens, but {type(model).__name__} uses global_pool="
+                    f"Stage -1 needs pooled patch tokens, but {type(model).__name__} uses global_pool="
                     f"'{pool}' (patch-token gradients are zero); create the model with global_pool='avg'.")
             self.layout = 'NLC'
             self.prefix_tokens = model.num_prefix_tokens
