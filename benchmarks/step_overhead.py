@@ -1,10 +1,11 @@
-"""Cost of a TENET training step against timm's ClassificationTask step on the same model and batch.
+"""Cost of a TENET (and an RSC) training step against timm's ClassificationTask step on the same model and batch.
 
 Rounds are timed interleaved (plain, TENET variants, plain, ...); in each round every variant runs
 three consecutive steps (one full period of the period-3 variant, so its cost is amortised exactly as
 in training) and each variant's time is divided by the plain time of the same round. The paired ratios
 cancel the slow drift of a shared machine; their median over the rounds is reported, with the median
-seconds per step. A step is zero_grad + forward + backward + SGD update. ``--threads 1 --cpu-time``
+seconds per step. A step is zero_grad + forward + backward + SGD update. RSC runs every step (it has no
+period) with every sample keeping its mask; its cost does not depend on the spatial/channel draw. ``--threads 1 --cpu-time``
 measures the process's CPU time instead of wall time, which other processes disturb less (on a
 virtual machine, CPU time still varies by several percent from step to step: use enough rounds).
 
@@ -21,7 +22,7 @@ import timm
 import torch
 from timm.task import ClassificationTask
 
-from timm_tenet import TenetConfig, TenetTask
+from timm_tenet import RscConfig, RscTask, TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
 
 _STEPS_PER_SAMPLE = 3  # one period of the period-3 variant
@@ -78,6 +79,9 @@ def main():
         f'tenet stage {args.stage}, period 3': TenetTask(
             model, TenetConfig(stage=args.stage, warmup_steps=0, period=3, only_correct=False), verbose=False),
         'tenet stage -1, every step': TenetTask(model, TenetConfig(stage=-1, **every), verbose=False),
+        f'rsc stage {args.stage}, every step': RscTask(model, RscConfig(stage=args.stage, batch_percent=1.0),
+                                                       verbose=False, seed=0),
+        'rsc stage -1 (reference)': RscTask(model, RscConfig(stage=-1, batch_percent=1.0), verbose=False, seed=0),
     }
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     steps = {name: _step_fn(task.train(), optimizer, x, y, amp_dtype) for name, task in tasks.items()}

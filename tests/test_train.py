@@ -78,6 +78,22 @@ def test_tenet_run_writes_args_summary_and_checkpoints(data_dir, tmp_path):
     assert result.best_metric == max(float(r['eval_top1']) for r in rows)
 
 
+def test_rsc_run_records_its_settings_and_follows_the_epoch_schedule(data_dir, tmp_path):
+    rsc = ('--rsc', '--rsc-spatial-prob', '1', '--rsc-batch-percent', '0', '--rsc-batch-percent-step', '1',
+           '--rsc-batch-percent-every', '1')
+    args, result = _run(*_argv(data_dir, tmp_path, *rsc, experiment='rsc'))
+    out = Path(result.output_dir)
+    saved = yaml.safe_load((out / 'args.yaml').read_text())
+    assert (saved['rsc'], saved['rsc_spatial_prob'], saved['rsc_batch_percent_every']) == (True, 1.0, 1)
+    assert saved['rsc_channel_drop'] == 0.3125 and saved['tenet'] is False  # unset flags record the value used
+    rows = _summary(out)
+    assert {'train_loss_inhibited', 'train_inhibited_frac', 'train_spatial_frac'} <= set(rows[0])
+    # the batch percentage is 0 in epoch 0 (nobody keeps a mask) and 1 from epoch 1
+    assert float(rows[0]['train_inhibited_frac']) == 0 and float(rows[1]['train_inhibited_frac']) > 0
+    assert float(rows[1]['train_spatial_frac']) == 1
+    assert _load(out / 'last.pth.tar')['task_state']['rsc_cfg']['spatial_prob'] == 1.0
+
+
 def test_no_tenet_trains_the_plain_baseline(data_dir, tmp_path):
     args, result = _run(*_argv(data_dir, tmp_path, '--epochs', '1'))
     assert args.tenet is False

@@ -1,14 +1,14 @@
-"""train.py's command line: timm's flag names and dests, -c YAML defaults, TENET resolution."""
+"""train.py's command line: timm's flag names and dests, -c YAML defaults, TENET and RSC resolution."""
 import dataclasses
 
 import pytest
 import timm
 import yaml
 
-from timm_tenet import TenetConfig  # also registers the _tenet models
+from timm_tenet import RscConfig, TenetConfig  # also registers the _tenet models
 from timm_tenet.training.args import build_train_parser, parse_train_args
 from timm_tenet.utils.cli import ConfigError, args_to_yaml, load_config_defaults
-from timm_tenet.training.settings import TENET_ARGS, TrainingError, resolve_tenet_config
+from timm_tenet.training.settings import TENET_ARGS, TrainingError, resolve_rsc_config, resolve_tenet_config
 
 
 def _write(tmp_path, text, name='cfg.yaml'):
@@ -107,3 +107,52 @@ def test_invalid_tenet_setting_is_a_training_error():
     args, _ = parse_train_args(['--model', 'test_resnet', '--tenet', '--tenet-period', '0'])
     with pytest.raises(TrainingError, match='period'):
         resolve_tenet_config(args, timm.create_model('test_resnet'))
+
+
+def test_tenet_flags_without_tenet_are_refused_and_cleared_by_no_tenet():
+    args, _ = parse_train_args(['--model', 'test_resnet', '--tenet-groups', '4'])
+    with pytest.raises(TrainingError, match='^--tenet-num-groups given without --tenet: add --tenet, or drop the flag$'):
+        resolve_tenet_config(args, timm.create_model('test_resnet'))
+    args, _ = parse_train_args(['-c', 'hparams/digits_resnet18_tenet.yaml', '--no-tenet'])  # the recipe's baseline
+    assert resolve_tenet_config(args, timm.create_model(args.model)) is None and args.tenet_warmup_steps is None
+
+
+def test_rsc_flags_set_the_config_and_are_recorded():
+    args, _ = parse_train_args(['--model', 'test_resnet', '--rsc', '--rsc-stage', '3', '--rsc-spatial-drop', '0.5',
+                                '--rsc-channel-drop', '0.25', '--rsc-spatial-prob', '0.7', '--rsc-batch-percent', '0.1',
+                                '--rsc-batch-percent-step', '0.05', '--rsc-batch-percent-every', '4'])
+    tenet_cfg = resolve_tenet_config(args, timm.create_model('test_resnet'))
+    assert resolve_rsc_config(args, tenet_cfg) == RscConfig(3, 0.5, 0.25, 0.7, 0.1, 0.05, 4)
+    args, _ = parse_train_args(['--model', 'test_resnet', '--rsc'])
+    assert resolve_rsc_config(args) == RscConfig()
+    saved = yaml.safe_load(args_to_yaml(args))
+    assert saved['rsc'] is True and saved['rsc_spatial_drop'] == 1 / 3 and saved['rsc_batch_percent_every'] == 10
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--rsc-spatial-drop', '1.5', r'^--rsc-spatial-drop 1\.5: RSC spatial_drop is the fraction of entries zeroed and '
+                                  r'must be in \(0, 1\), got 1\.5\.$'),
+    ('--rsc-batch-percent', '-0.1', r'^--rsc-batch-percent -0\.1: RSC batch_percent must be in \[0, 1\]'),
+    ('--rsc-spatial-prob', '2', r'^--rsc-spatial-prob 2\.0: RSC spatial_prob must be in \[0, 1\]'),
+])
+def test_out_of_range_rsc_fraction_is_one_line_naming_the_flag(flag, value, message):
+    args, _ = parse_train_args(['--model', 'test_resnet', '--rsc', flag, value])
+    with pytest.raises(TrainingError, match=message):
+        resolve_rsc_config(args)
+
+
+def test_rsc_flags_without_rsc_are_refused_and_cleared_by_no_rsc():
+    args, _ = parse_train_args(['--model', 'test_resnet', '--rsc-spatial-prob', '0.2', '--rsc-stage', '3'])
+    with pytest.raises(TrainingError, match='^--rsc-stage, --rsc-spatial-prob given without --rsc: add --rsc'):
+        resolve_rsc_config(args)
+    args, _ = parse_train_args(['-c', 'hparams/digits_resnet18_rsc.yaml', '--no-rsc'])  # the recipe's baseline
+    assert resolve_rsc_config(args) is None and args.rsc_batch_percent_every is None
+
+
+def test_rsc_is_refused_together_with_tenet():
+    args, _ = parse_train_args(['--model', 'cifar_resnet18_tenet', '--rsc'])
+    tenet_cfg = resolve_tenet_config(args, timm.create_model(args.model))
+    with pytest.raises(TrainingError, match='^--rsc and TENET are two methods.*add --no-tenet'):
+        resolve_rsc_config(args, tenet_cfg)
+    args, _ = parse_train_args(['--model', 'cifar_resnet18_tenet', '--rsc', '--no-tenet'])
+    assert resolve_rsc_config(args, resolve_tenet_config(args, timm.create_model(args.model))) == RscConfig()

@@ -1,5 +1,5 @@
-"""Every recipe in hparams/ parses (no unknown key) and runs one TENET step with its own model, optimizer,
-schedule and augmentation on a tiny synthetic image folder."""
+"""Every recipe in hparams/ parses (no unknown key) and runs one TENET or RSC step (or a plain one, for the
+baselines) with its own model, optimizer, schedule and augmentation on a tiny synthetic image folder."""
 import csv
 import os
 from pathlib import Path
@@ -42,7 +42,8 @@ def test_recipes_are_present():
     names = {p.stem for p in RECIPES}
     assert {'digits_resnet18_tenet', 'digits_resnet18', 'cifar10_resnext29_augmix_tenet',
             'cifar100_resnext29_augmix_tenet', 'imagenet_resnet50_tenet', 'imagenet_resnet50_augmix_tenet',
-            'cub200_resnet50_tenet', 'cifar10_resnext29_adv_free_tenet'} <= names
+            'cub200_resnet50_tenet', 'cifar10_resnext29_adv_free_tenet', 'digits_resnet18_rsc',
+            'cifar10_resnext29_augmix_rsc'} <= names
 
 
 @pytest.mark.parametrize('recipe', RECIPES, ids=lambda p: p.stem)
@@ -50,10 +51,14 @@ def test_recipe_runs_one_step_on_synthetic_data(recipe, data_dir, imagenet_weigh
     text = recipe.read_text()
     assert text.startswith('#') and ('python train.py' in text or 'torchrun' in text)  # header says how to run it
     config = yaml.safe_load(text)
+    rsc = bool(config.get('rsc'))
+    tenet = config['model'].endswith('_tenet') and not rsc
     argv = ['-c', str(recipe), '--dataset', '', '--data-dir', str(data_dir), '--train-split', 'train',
             '--val-split', 'validation', '--epochs', '1', '-b', '2', '--workers', '0', '--warmup-epochs', '0',
-            '--tenet-warmup-steps', '0', '--tenet-period', '1', '--output', str(tmp_path), '--experiment', 'run',
-            '--log-interval', '1', '--no-progress', '--amp-dtype', 'bfloat16']
+            '--output', str(tmp_path), '--experiment', 'run', '--log-interval', '1', '--no-progress',
+            '--amp-dtype', 'bfloat16']
+    if tenet:
+        argv += ['--tenet-warmup-steps', '0', '--tenet-period', '1']
     if config['input_size'][-1] > 64:
         argv += ['--input-size', '3', '64', '64']
     if config.get('pretrained'):
@@ -68,12 +73,13 @@ def test_recipe_runs_one_step_on_synthetic_data(recipe, data_dir, imagenet_weigh
     assert saved['model'] == config['model'] and saved['opt'] == config['opt'] and saved['lr'] == config['lr']
     assert saved['adv_train'] == config.get('adv_train') and saved['adv_eps'] == config.get('adv_eps')
     checkpoint = torch.load(Path(result.output_dir) / 'last.pth.tar', map_location='cpu', weights_only=True)
-    tenet = config['model'].endswith('_tenet')
-    assert saved['tenet'] is tenet
+    assert saved['tenet'] is tenet and saved['rsc'] is rsc
     # one batch, trained adv_replays times under free adversarial training
     forwards = config['adv_replays'] if config.get('adv_train') == 'free' else 1
     if tenet:
         assert float(rows[0]['train_loss_inhibited']) >= 0 and checkpoint['task_state']['tenet_step'] == forwards
+    elif rsc:
+        assert float(rows[0]['train_loss_inhibited']) >= 0 and checkpoint['task_state']['rsc_cfg']['stage'] == -1
     else:
         assert 'train_loss_inhibited' not in rows[0]
     assert checkpoint['state_dict']['fc.weight'].shape[0] == config['num_classes']

@@ -27,8 +27,8 @@ masked ``A``) the mask; their drop minus ``1e-4``, clamped at 0; the samples str
   are never computed and the data-augmentation random stream is not disturbed.
 * The batch percentage follows the reference's epoch schedule (0.3, +0.2 every 10 epochs) through
   :meth:`RscTask.set_epoch`, which the training loop calls each epoch; it is capped at 1 (the
-  reference's index runs past the batch from epoch 40). Recipes longer than the reference's 20-30
-  epochs should stretch ``batch_percent_every``.
+  reference's index runs past the batch from epoch 40). Recipes much longer than the reference's 20
+  epochs (its ``train.py`` default) should stretch ``batch_percent_every``.
 * Masks are computed in float32 whatever the autocast dtype; soft targets (mixup) weight every class's
   logit and probability, where the reference knows only hard labels; any map layout that
   :class:`~timm_tenet.split.ModelSplit` supports works (the reference hard-codes a 7 x 7 map), and at
@@ -195,6 +195,10 @@ class RscTask(SplitTask):
         seed: Seed of the spatial/channel draws; defaults to ``torch.initial_seed()`` (set by timm's
             ``random_seed``, different per rank).
 
+    Attributes:
+        result_terms: Keys of the result dict beyond ``loss`` / ``loss_clean`` that the epoch loop averages
+            and logs (training steps only).
+
     Examples:
 
         ```python
@@ -204,6 +208,7 @@ class RscTask(SplitTask):
         result['loss'].backward()  # result also holds loss_clean, loss_inhibited, inhibited_frac
         ```
     """
+    result_terms = ('loss_inhibited', 'inhibited_frac', 'spatial_frac')
 
     def __init__(
             self,

@@ -353,6 +353,29 @@ def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
                        help='k-means iterations of the channel grouping.')
 
 
+def _add_rsc_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        'RSC parameters', 'Representation Self-Challenging (ECCV 2020), TENET\'s closest peer; not with TENET. '
+                          'Unset values are the reference\'s (stage -1, spatial drop 1/3, channel drop 1/3.2, '
+                          'spatial probability 0.5, batch percentage 0.3 + 0.2 every 10 epochs).')
+    group.add_argument('--rsc', action=argparse.BooleanOptionalAction, default=None,
+                       help='Train with RSC (default: off; --rsc-* flags need it).')
+    group.add_argument('--rsc-stage', type=int, default=None, metavar='N',
+                       help='1-based stage whose output is challenged; -1 = forward_features/forward_head boundary.')
+    group.add_argument('--rsc-spatial-drop', type=float, default=None, metavar='FRAC',
+                       help='Fraction of positions a spatial mask zeroes, in (0, 1).')
+    group.add_argument('--rsc-channel-drop', type=float, default=None, metavar='FRAC',
+                       help='Fraction of channels a channel mask zeroes, in (0, 1).')
+    group.add_argument('--rsc-spatial-prob', type=float, default=None, metavar='P',
+                       help='Probability that a batch gets spatial (else channel) masks, in [0, 1].')
+    group.add_argument('--rsc-batch-percent', type=float, default=None, metavar='FRAC',
+                       help='Fraction of each batch that keeps its mask in the first epochs, in [0, 1].')
+    group.add_argument('--rsc-batch-percent-step', type=float, default=None, metavar='FRAC',
+                       help='Added to the batch percentage every --rsc-batch-percent-every epochs (capped at 1).')
+    group.add_argument('--rsc-batch-percent-every', type=int, default=None, metavar='N',
+                       help='Epochs between batch-percentage increases.')
+
+
 def _add_adversarial_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         'Adversarial training parameters', 'L-inf, in [0, 1] pixel units whatever --mean/--std; combines with TENET. '
@@ -385,7 +408,7 @@ def _add_hub_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET, adversarial
+    """The ``train.py`` parser: timm's training flags (names, dests, defaults) plus the TENET, RSC, adversarial
     training and Hub push groups."""
     parser = parser_with_config('TENET training for timm models')
     _add_data_args(parser)
@@ -396,6 +419,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     _add_batchnorm_ema_args(parser)
     _add_misc_args(parser)
     _add_tenet_args(parser)
+    _add_rsc_args(parser)
     _add_adversarial_args(parser)
     _add_hub_args(parser)
     return parser

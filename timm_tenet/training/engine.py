@@ -196,7 +196,8 @@ def train_one_epoch(
 
     Args:
         epoch: 0-based epoch index (sets the scheduler's update count, so resumed runs keep the schedule).
-        task: A timm ``TrainingTask``; the keys in its ``result_terms`` (if any) are averaged and logged too.
+        task: A timm ``TrainingTask``; the keys in its ``result_terms`` (if any) are averaged and logged too,
+            and its ``set_epoch`` (if any) is called with ``epoch`` first.
         loader: Yields ``(input, target)`` batches.
         optimizer: Optimizer over ``task.get_trainable_module()``; a Lookahead optimizer's slow weights are
             synced into the model at the end of the epoch, a second-order one gets ``create_graph``.
@@ -242,6 +243,8 @@ def train_one_epoch(
         second_order=bool(getattr(optimizer, 'is_second_order', False)), distributed=distributed)
     logger = _EpochLogger(epoch, num_batches, updates_per_epoch, num_epochs, world_size, log, progress)
 
+    if hasattr(task, 'set_epoch'):
+        task.set_epoch(epoch)  # epoch-scheduled tasks (RSC's batch percentage)
     task.train()
     optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):

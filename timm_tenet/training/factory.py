@@ -1,8 +1,9 @@
 """What a training run is built from: the model (timm's model flags, pretrained or initial weights), its task
-(``TenetTask`` or timm's ``ClassificationTask`` with the criterion timm's loss flags select) and the loaders."""
+(``TenetTask``, ``RscTask`` or timm's ``ClassificationTask`` with the criterion timm's loss flags select) and the
+loaders."""
 import argparse
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -10,9 +11,10 @@ from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader
 from timm.task import ClassificationTask
 from timm.utils import is_primary
 
-from ..config import TenetConfig
+from ..config import RscConfig, TenetConfig
 from ..data.dataset import DataError, concat_splits_collate
 from ..models.tenet_models import create_tenet_model
+from ..rsc import RscTask
 from ..task import TenetTask
 from ..utils.checkpoint import load_model_weights
 from ..utils.errors import first_line
@@ -79,21 +81,22 @@ def _criterion_kwargs(args: argparse.Namespace, num_aug_splits: int, mixup_activ
 def create_task(
         args: argparse.Namespace,
         model: nn.Module,
-        tenet_cfg: Optional[TenetConfig],
+        method_cfg: Union[TenetConfig, RscConfig, None],
         device: torch.device,
         num_aug_splits: int = 0,
         mixup_active: bool = False,
 ) -> ClassificationTask:
-    """``TenetTask`` when ``tenet_cfg`` is given, else timm's ``ClassificationTask`` (the baseline), both
+    """``TenetTask`` or ``RscTask`` for their settings, else timm's ``ClassificationTask`` (the baseline), all
     with the criterion timm's flags select (label smoothing, mixup soft targets, BCE, JSD)."""
     criterion_kwargs = _criterion_kwargs(args, num_aug_splits, mixup_active)
     verbose = is_primary(args) if hasattr(args, 'rank') else True
-    if tenet_cfg is None:
+    if method_cfg is None:
         return ClassificationTask(model, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
+    task_cls, name = (RscTask, 'RSC') if isinstance(method_cfg, RscConfig) else (TenetTask, 'TENET')
     try:
-        return TenetTask(model, tenet_cfg, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
+        return task_cls(model, method_cfg, criterion_kwargs=criterion_kwargs, device=device, verbose=verbose)
     except ValueError as e:
-        raise TrainingError(f'cannot train {args.model} with TENET: {first_line(e)}') from None
+        raise TrainingError(f'cannot train {args.model} with {name}: {first_line(e)}') from None
 
 
 def create_loaders(args, data_config, dataset_train, dataset_eval, device, num_aug_splits, mixup_args):

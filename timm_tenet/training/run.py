@@ -1,5 +1,6 @@
 """``train.py``'s run: timm's training recipe (model, data, optimizer, schedule, AMP, EMA, DDP,
-checkpoints, summary) wired to a ``TenetTask`` or, for the baseline, timm's ``ClassificationTask``."""
+checkpoints, summary) wired to a ``TenetTask``, an ``RscTask`` or, for the baseline, timm's
+``ClassificationTask``."""
 import argparse
 import logging
 import os
@@ -7,7 +8,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, Union
 
 import torch
 from timm.data import Mixup, resolve_data_config
@@ -19,19 +20,20 @@ from timm.task import ClassificationTask, evaluation_sample_limit
 from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_primary, random_seed, trim_summary, \
     update_summary
 
-from ..config import TenetConfig
+from ..config import RscConfig, TenetConfig
 from ..data.dataset import DataError, class_names, count_skipped, create_train_eval_datasets
 from ..utils.checkpoint import CheckpointError, load_checkpoint_file, recorded_args
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
 from ..utils.io import atomic_write_text
+from ..task import TenetTask
 from .adversarial import AdversarialConfig, adversarial_training
 from .args import build_train_parser
 from .checkpoint import AtomicCheckpointSaver, check_resumed_classes, restore_training_state, set_rng_state
 from .engine import Perturb, evaluate_epoch, train_one_epoch
 from .factory import check_forward, create_loaders, create_model, create_task
 from .settings import TrainingError, resolve_adversarial_config, resolve_amp, resolve_lr, \
-    resolve_push_settings, resolve_tenet_config
+    resolve_push_settings, resolve_rsc_config, resolve_tenet_config
 
 __all__ = ['TrainResult', 'run_training', 'training_errors']
 
@@ -62,10 +64,11 @@ def _push_trained(args: argparse.Namespace, output_dir: str) -> str:
             f"--repo-id {args.push_to_hub}{' --use-ema' if args.push_use_ema else ''}") from None
 
 
-def _tenet_summary(cfg: Optional[TenetConfig]) -> str:
+def _method_summary(cfg: Union[TenetConfig, RscConfig, None]) -> str:
     if cfg is None:
-        return 'TENET: off (plain training, the baseline)'
-    return 'TENET: on (' + ', '.join(f'{k}={v}' for k, v in cfg.to_dict().items()) + ')'
+        return 'TENET: off, RSC: off (plain training, the baseline)'
+    name = 'RSC' if isinstance(cfg, RscConfig) else 'TENET'
+    return f'{name}: on (' + ', '.join(f'{k}={v}' for k, v in cfg.to_dict().items()) + ')'
 
 
 @dataclass
@@ -186,13 +189,14 @@ def _setup_runtime(args: argparse.Namespace, perturb: Optional[Perturb]) -> _Run
 
 
 def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
-    """The model, its TENET (or plain) task with EMA, and the optimizer."""
+    """The model, its TENET, RSC (or plain) task with EMA, and the optimizer."""
     model = create_model(args)
     tenet_cfg = resolve_tenet_config(args, model)
+    method_cfg = resolve_rsc_config(args, tenet_cfg) or tenet_cfg
     if runtime.primary:
         _logger.info(f'Model {safe_model_name(args.model)} created, param count: '
                      f'{sum(p.numel() for p in model.parameters())}')
-        _logger.info(_tenet_summary(tenet_cfg))
+        _logger.info(_method_summary(method_cfg))
         if runtime.adv_cfg is not None:
             _logger.info(runtime.adv_cfg.summary())
     data_config = resolve_data_config(vars(args), model=model, verbose=runtime.primary)
@@ -210,7 +214,7 @@ def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
         model = convert_sync_batchnorm(model)
 
     num_aug_splits = max(args.aug_splits, 0)
-    task = create_task(args, model, tenet_cfg, device, num_aug_splits, _mixup_active(args))
+    task = create_task(args, model, method_cfg, device, num_aug_splits, _mixup_active(args))
     resolve_lr(args)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     if args.model_ema:
@@ -270,8 +274,8 @@ def _resume(args: argparse.Namespace, runtime: _Runtime, training: _Training,
             loss_scaler=runtime.loss_scaler if restore_opt else None,
             lr_scheduler=lr_scheduler if restore_opt and args.sched == 'plateau' else None)
         if runtime.primary:
-            _logger.info(f"Resumed from '{args.resume}' (epoch {checkpoint.get('epoch')}, TENET step "
-                         f"{getattr(task, 'step', '-')})")
+            step = f', TENET step {task.step}' if isinstance(task, TenetTask) else ''
+            _logger.info(f"Resumed from '{args.resume}' (epoch {checkpoint.get('epoch')}{step})")
             epochs_before = recorded_args(checkpoint).get('epochs')
             if isinstance(epochs_before, int) and epochs_before != args.epochs:
                 _logger.info(f'The resumed run was scheduled for {epochs_before} epochs: the learning-rate schedule '

@@ -1,24 +1,25 @@
-"""``train.py``'s flags turned into checked settings before anything is built: TENET, adversarial training,
-the Hub push, mixed precision and the learning rate. Every problem is a one-line :class:`TrainingError`."""
+"""``train.py``'s flags turned into checked settings before anything is built: TENET or RSC, adversarial
+training, the Hub push, mixed precision and the learning rate. Every problem is a one-line :class:`TrainingError`."""
 import argparse
+import dataclasses
 import logging
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Callable, ContextManager, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.utils import NativeScaler, is_primary
 
-from ..config import TenetConfig
+from ..config import RscConfig, TenetConfig
 from ..models.tenet_models import get_tenet_config
 from ..robustness.attacks import format_eps, parse_eps
 from ..utils.errors import first_line
 from .adversarial import ADV_METHODS, AdversarialConfig
 
 __all__ = [
-    'TENET_ARGS', 'TrainingError', 'resolve_adversarial_config', 'resolve_amp', 'resolve_lr', 'resolve_push_settings',
-    'resolve_tenet_config',
+    'RSC_ARGS', 'TENET_ARGS', 'TrainingError', 'resolve_adversarial_config', 'resolve_amp', 'resolve_lr',
+    'resolve_push_settings', 'resolve_rsc_config', 'resolve_tenet_config',
 ]
 
 _logger = logging.getLogger('train')
@@ -26,6 +27,8 @@ _logger = logging.getLogger('train')
 # train.py flag dest -> TenetConfig field: --tenet-<field> sets <field>, as tenet_<field> model kwargs do
 TENET_ARGS = {f'tenet_{name}': name for name in (
     'num_groups', 'stage', 'weight', 'orth_weight', 'warmup_steps', 'period', 'kmeans_iters')}
+# train.py flag dest -> RscConfig field: --rsc-<field> sets <field>
+RSC_ARGS = {f'rsc_{f.name}': f.name for f in dataclasses.fields(RscConfig)}
 
 
 class TrainingError(RuntimeError):
@@ -38,10 +41,14 @@ def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional
     ``--tenet`` defaults to on for ``<arch>_tenet`` models and off otherwise. The settings start from
     the model's ``tenet_cfg`` (else the reference defaults) and every ``--tenet-*`` flag given
     overrides its field. ``args`` is updated with the values chosen, so ``args.yaml`` records them.
+    ``--tenet-*`` flags with TENET off are cleared after ``--no-tenet`` (a TENET recipe's baseline) and
+    refused otherwise.
     """
+    explicit = args.tenet is not None
     if args.tenet is None:
         args.tenet = get_tenet_config(model) is not None or args.model.split('.')[0].endswith('_tenet')
     if not args.tenet:
+        _unused_method_flags(args, TENET_ARGS, '--tenet', cleared=explicit)
         return None
     base = get_tenet_config(model) or TenetConfig()
     try:
@@ -49,6 +56,49 @@ def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional
     except ValueError as e:
         raise TrainingError(f'invalid TENET setting: {e}') from None
     for dest, field_ in TENET_ARGS.items():
+        setattr(args, dest, getattr(cfg, field_))
+    return cfg
+
+
+def _flag(dest: str) -> str:
+    return '--' + dest.replace('_', '-')
+
+
+def _unused_method_flags(args: argparse.Namespace, dests: Dict[str, str], method_flag: str, cleared: bool) -> None:
+    """A method's flags with the method off: cleared (``cleared``: the method was switched off explicitly, as
+    a recipe's baseline does) so that ``args.yaml`` does not claim them, else an error (no flag is parsed and
+    ignored)."""
+    given = [_flag(dest) for dest in dests if getattr(args, dest) is not None]
+    if cleared:
+        for dest in dests:
+            setattr(args, dest, None)
+    elif given:
+        raise TrainingError(f"{', '.join(given)} given without {method_flag}: add {method_flag}, or drop the flag")
+
+
+def resolve_rsc_config(args: argparse.Namespace, tenet_cfg: Optional[TenetConfig] = None) -> Optional[RscConfig]:
+    """The RSC settings of this run (``--rsc`` and ``--rsc-*``), or None without ``--rsc``.
+
+    Every ``--rsc-*`` flag given overrides the reference default of its field; ``args`` is updated with the
+    values chosen, so ``args.yaml`` records them. ``--rsc-*`` flags without ``--rsc`` are cleared after
+    ``--no-rsc`` and refused otherwise; RSC is refused while TENET is on (``tenet_cfg``).
+    """
+    if not args.rsc:
+        _unused_method_flags(args, RSC_ARGS, '--rsc', cleared=args.rsc is False)
+        args.rsc = False
+        return None
+    if tenet_cfg is not None:
+        raise TrainingError(f'--rsc and TENET are two methods, train one at a time: drop --rsc, or add --no-tenet '
+                            f'({args.model} trains with TENET)')
+    cfg = RscConfig()
+    for dest, field_ in RSC_ARGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            try:
+                cfg = cfg.replace(**{field_: value})
+            except ValueError as e:
+                raise TrainingError(f'{_flag(dest)} {value}: {e}') from None
+    for dest, field_ in RSC_ARGS.items():
         setattr(args, dest, getattr(cfg, field_))
     return cfg
 
