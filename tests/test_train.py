@@ -79,8 +79,8 @@ def test_tenet_run_writes_args_summary_and_checkpoints(data_dir, tmp_path):
 
 
 def test_rsc_run_records_its_settings_and_follows_the_epoch_schedule(data_dir, tmp_path):
-    rsc = ('--rsc', '--rsc-spatial-prob', '1', '--rsc-batch-percent', '0', '--rsc-batch-percent-step', '1',
-           '--rsc-batch-percent-every', '1')
+    rsc = ('--rsc', '--rsc-stage', '3', '--rsc-spatial-prob', '1', '--rsc-batch-percent', '0',  # a 2x2 map at 32 px
+           '--rsc-batch-percent-step', '1', '--rsc-batch-percent-every', '1')
     args, result = _run(*_argv(data_dir, tmp_path, *rsc, experiment='rsc'))
     out = Path(result.output_dir)
     saved = yaml.safe_load((out / 'args.yaml').read_text())
