@@ -1,7 +1,6 @@
 """RscTask: the masks and sample choice against a per-sample loop, the schedule, BatchNorm hygiene, bad input."""
 import copy
 import math
-import random
 
 import pytest
 import timm

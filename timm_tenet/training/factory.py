@@ -3,7 +3,7 @@
 loaders."""
 import argparse
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import torch
 import torch.nn as nn
