@@ -23,8 +23,8 @@ masked ``A``) the mask; their drop minus ``1e-4``, clamped at 0; the samples str
 * No host reads: the reference sorts, then indexes with ``nonzero()`` and (ImageNet variant) copies the
   mask to numpy. Here thresholds come from ``topk`` on the device and masks are selected with
   ``torch.where``; sample counts are computed from shapes on the host. The spatial/channel choice is drawn
-  on the host (as the reference's ``random.randint``) from the task's own ``random.Random``, so both masks
-  are never computed and the data-augmentation random stream is not disturbed.
+  on the host (as the reference's ``random.randint``) from the task's own ``random.Random``, so only the
+  chosen mask is computed and the data-augmentation random stream is not disturbed.
 * The batch percentage follows the reference's epoch schedule (0.3, +0.2 every 10 epochs) through
   :meth:`RscTask.set_epoch`, which the training loop calls each epoch; it is capped at 1 (the
   reference's index runs past the batch from epoch 40). Recipes much longer than the reference's 20
