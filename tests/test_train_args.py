@@ -109,10 +109,10 @@ def test_invalid_tenet_setting_is_a_training_error():
         resolve_tenet_config(args, timm.create_model('test_resnet'))
 
 
-def test_tenet_flags_without_tenet_are_refused_and_cleared_by_no_tenet():
+def test_a_tenet_flag_turns_tenet_on_and_no_tenet_clears_them():
     args, _ = parse_train_args(['--model', 'test_resnet', '--tenet-groups', '4'])
-    with pytest.raises(TrainingError, match='^--tenet-num-groups given without --tenet: add --tenet, or drop the flag$'):
-        resolve_tenet_config(args, timm.create_model('test_resnet'))
+    assert resolve_tenet_config(args, timm.create_model('test_resnet')) == TenetConfig(num_groups=4)
+    assert args.tenet is True
     args, _ = parse_train_args(['-c', 'hparams/digits_resnet18_tenet.yaml', '--no-tenet'])  # the recipe's baseline
     assert resolve_tenet_config(args, timm.create_model(args.model)) is None and args.tenet_warmup_steps is None
 
@@ -141,10 +141,11 @@ def test_out_of_range_rsc_fraction_is_one_line_naming_the_flag(flag, value, mess
         resolve_rsc_config(args)
 
 
-def test_rsc_flags_without_rsc_are_refused_and_cleared_by_no_rsc():
+def test_an_rsc_flag_turns_rsc_on_and_no_rsc_clears_them():
     args, _ = parse_train_args(['--model', 'test_resnet', '--rsc-spatial-prob', '0.2', '--rsc-stage', '3'])
-    with pytest.raises(TrainingError, match='^--rsc-stage, --rsc-spatial-prob given without --rsc: add --rsc'):
-        resolve_rsc_config(args)
+    assert resolve_rsc_config(args) == RscConfig(stage=3, spatial_prob=0.2) and args.rsc is True
+    args, _ = parse_train_args(['--model', 'test_resnet'])
+    assert resolve_rsc_config(args) is None and args.rsc is False and args.rsc_stage is None
     args, _ = parse_train_args(['-c', 'hparams/digits_resnet18_rsc.yaml', '--no-rsc'])  # the recipe's baseline
     assert resolve_rsc_config(args) is None and args.rsc_batch_percent_every is None
 

@@ -359,7 +359,7 @@ def _add_rsc_args(parser: argparse.ArgumentParser) -> None:
                           'Unset values are the reference\'s (stage -1, spatial drop 1/3, channel drop 1/3.2, '
                           'spatial probability 0.5, batch percentage 0.3 + 0.2 every 10 epochs).')
     group.add_argument('--rsc', action=argparse.BooleanOptionalAction, default=None,
-                       help='Train with RSC (default: off; --rsc-* flags need it).')
+                       help='Train with RSC (default: off, on when an --rsc-* flag is given; --no-rsc clears them).')
     group.add_argument('--rsc-stage', type=int, default=None, metavar='N',
                        help='1-based stage whose output is challenged; -1 = forward_features/forward_head boundary.')
     group.add_argument('--rsc-spatial-drop', type=float, default=None, metavar='FRAC',

@@ -41,14 +41,14 @@ def resolve_tenet_config(args: argparse.Namespace, model: nn.Module) -> Optional
     ``--tenet`` defaults to on for ``<arch>_tenet`` models and off otherwise. The settings start from
     the model's ``tenet_cfg`` (else the reference defaults) and every ``--tenet-*`` flag given
     overrides its field. ``args`` is updated with the values chosen, so ``args.yaml`` records them.
-    ``--tenet-*`` flags with TENET off are cleared after ``--no-tenet`` (a TENET recipe's baseline) and
-    refused otherwise.
+    A ``--tenet-*`` flag turns TENET on unless ``--no-tenet`` is given, which clears them all (a TENET
+    recipe's baseline): no flag is parsed and ignored.
     """
-    explicit = args.tenet is not None
+    if _method_off(args, 'tenet', TENET_ARGS):
+        return None
     if args.tenet is None:
         args.tenet = get_tenet_config(model) is not None or args.model.split('.')[0].endswith('_tenet')
     if not args.tenet:
-        _unused_method_flags(args, TENET_ARGS, '--tenet', cleared=explicit)
         return None
     base = get_tenet_config(model) or TenetConfig()
     try:
@@ -64,27 +64,28 @@ def _flag(dest: str) -> str:
     return '--' + dest.replace('_', '-')
 
 
-def _unused_method_flags(args: argparse.Namespace, dests: Dict[str, str], method_flag: str, cleared: bool) -> None:
-    """A method's flags with the method off: cleared (``cleared``: the method was switched off explicitly, as
-    a recipe's baseline does) so that ``args.yaml`` does not claim them, else an error (no flag is parsed and
-    ignored)."""
-    given = [_flag(dest) for dest in dests if getattr(args, dest) is not None]
-    if cleared:
+def _method_off(args: argparse.Namespace, method: str, dests: Dict[str, str]) -> bool:
+    """Whether ``--no-<method>`` switched the method off; then its settings are cleared, so that ``args.yaml``
+    does not claim them (a method recipe's baseline: ``-c recipe.yaml --no-<method>``). Otherwise a flag of
+    the method switches it on (``args.<method>`` left unset stays unset for the caller's default)."""
+    if getattr(args, method) is False:
         for dest in dests:
             setattr(args, dest, None)
-    elif given:
-        raise TrainingError(f"{', '.join(given)} given without {method_flag}: add {method_flag}, or drop the flag")
+        return True
+    if any(getattr(args, dest) is not None for dest in dests):
+        setattr(args, method, True)
+    return False
 
 
 def resolve_rsc_config(args: argparse.Namespace, tenet_cfg: Optional[TenetConfig] = None) -> Optional[RscConfig]:
     """The RSC settings of this run (``--rsc`` and ``--rsc-*``), or None without ``--rsc``.
 
     Every ``--rsc-*`` flag given overrides the reference default of its field; ``args`` is updated with the
-    values chosen, so ``args.yaml`` records them. ``--rsc-*`` flags without ``--rsc`` are cleared after
-    ``--no-rsc`` and refused otherwise; RSC is refused while TENET is on (``tenet_cfg``).
+    values chosen, so ``args.yaml`` records them. A ``--rsc-*`` flag turns RSC on unless ``--no-rsc`` is
+    given, which clears them all, as ``--no-tenet`` does for TENET. RSC is refused while TENET is on
+    (``tenet_cfg``).
     """
-    if not args.rsc:
-        _unused_method_flags(args, RSC_ARGS, '--rsc', cleared=args.rsc is False)
+    if _method_off(args, 'rsc', RSC_ARGS) or not args.rsc:
         args.rsc = False
         return None
     if tenet_cfg is not None:
