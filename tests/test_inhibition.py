@@ -153,3 +153,90 @@ def test_group_channels_handles_identical_channels():
 def test_group_channels_rejects_bad_group_counts(num_groups, message):
     with pytest.raises(ValueError, match=message):
         group_channels(torch.randn(1, 8, 2, 2), num_groups)
+
+
+# --- precision: autocast and TF32 never reach the maths -------------------------------------------
+
+def post_relu_map(seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(4, 64, 14, 14, generator=gen)).relu()
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_group_ids_under_cpu_autocast_equal_float32(dtype):
+    features = post_relu_map()
+    expected = group_channels(features, 6, generator=torch.Generator().manual_seed(3))
+    with torch.autocast('cpu', dtype=dtype):
+        ids = group_channels(features, 6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ids, expected)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_orthogonal_loss_under_autocast_is_float32_and_does_not_overflow(dtype):
+    features = post_relu_map(scale=40.0).requires_grad_(True)  # group-mean Gram entries near 1e5 > 65504
+    group_ids = torch.arange(64).remainder(6).expand(4, -1)
+    means = torch.stack([features.detach()[:, group_ids[0] == g].mean(1).flatten(1) for g in range(6)], 1)
+    assert torch.isinf(torch.bmm(means.half(), means.half().transpose(1, 2))).any()  # a float16 Gram overflows
+    expected = orthogonal_loss(features, group_ids, num_groups=6)
+    with torch.autocast('cpu', dtype=dtype):
+        loss = orthogonal_loss(features, group_ids, num_groups=6)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == expected.item()
+    loss.backward()
+    assert torch.isfinite(features.grad).all()
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_reversed_mask_under_autocast_equals_float32(feature_batch, dtype):
+    features, grads, group_ids = feature_batch
+    expected = reversed_mask(features, grads, group_ids, num_groups=4)
+    with torch.autocast('cpu', dtype=dtype):
+        mask = reversed_mask(features, grads, group_ids, num_groups=4)
+    assert mask.dtype == torch.float32 and torch.equal(mask, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='TF32 exists on CUDA only')
+def test_group_ids_on_cuda_do_not_depend_on_tf32(monkeypatch):
+    features = post_relu_map().cuda()
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    expected = group_channels(features, 6, generator=torch.Generator('cuda').manual_seed(3))
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
+    with torch.autocast('cuda', dtype=torch.float16):
+        ids = group_channels(features, 6, generator=torch.Generator('cuda').manual_seed(3))
+    assert torch.equal(ids, expected)
+
+
+# --- launches: the greedy snapping is exact and the grouping is one graph -------------------------
+
+def slow_snap(points, centres):
+    """Centre k takes its nearest channel not taken by centres 0..k-1, one sample at a time."""
+    picks = torch.empty(centres.shape[:2], dtype=torch.long)
+    for b in range(points.shape[0]):
+        taken = set()
+        for k in range(centres.shape[1]):
+            dist = ((points[b].double() - centres[b, k].double()) ** 2).sum(-1)
+            order = [int(c) for c in dist.argsort(stable=True)]
+            picks[b, k] = next(c for c in order if c not in taken)
+            taken.add(int(picks[b, k]))
+    return picks
+
+
+def test_snapping_keeps_centres_distinct_in_centre_order():
+    from timm_tenet.inhibition import _snap_to_channels
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(3, 20, 8, generator=gen)
+    centres = points[:, [4, 4, 9, 4, 11]] + 0.01 * torch.randn(3, 5, 8, generator=gen)  # three centres want channel 4
+    picks = _snap_to_channels(points, points.pow(2).sum(-1), centres)
+    assert torch.equal(picks, slow_snap(points, centres))
+    assert all(len(set(row.tolist())) == 5 for row in picks)
+
+
+def test_group_channels_compiles_to_one_graph():
+    features = post_relu_map()
+    explanation = torch._dynamo.explain(group_channels)(features, 6, iters=2)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+    torch.manual_seed(5)
+    expected = group_channels(features, 6, iters=2)
+    torch.manual_seed(5)
+    compiled = torch.compile(group_channels, backend='aot_eager', fullgraph=True)(features, 6, iters=2)
+    assert torch.equal(compiled, expected)
