@@ -153,13 +153,28 @@ def test_model_tenet_cfg_is_the_default(resnet):
     assert TenetTask(resnet, TenetConfig(stage=1)).cfg.stage == 1
 
 
-def test_compile_compiles_the_feature_extractor(resnet):
+def test_compile_compiles_features_rest_and_grouping_with_the_eager_loss(resnet):
+    eager = TenetTask(copy.deepcopy(resnet), TenetConfig(only_correct=False, **EVERY_STEP)).train()
     task = TenetTask(resnet, TenetConfig(only_correct=False, **EVERY_STEP)).train()
-    x, y = make_batch()
-    eval_model = task.compile(backend='eager')
-    assert task.get_trainable_module().compiled_features is not None
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(' '.join(str(node.target) for node in graph_module.graph.nodes))
+        return graph_module.forward
+
+    eval_model = task.compile(backend=recording_backend)
     assert task.get_eval_model() is eval_model
-    task(x, y)['loss'].backward()
+    x, y = make_batch()
+    torch.manual_seed(0)
+    expected = eager(x, y)
+    torch.manual_seed(0)
+    result = task(x, y)
+    result['loss'].backward()
+    torch.testing.assert_close(result['loss'], expected['loss'])
+    torch.testing.assert_close(result['loss_inhibited'], expected['loss_inhibited'])
+    assert sum('searchsorted' in g for g in graphs) == 1  # the grouping, one graph
+    assert sum('conv2d' in g and 'linear' in g for g in graphs) == 3  # D: clean, eval-mode, frozen-stats runs
+    assert sum('conv2d' in g and 'linear' not in g for g in graphs) == 1  # F
 
 
 def test_matches_classification_task_before_warmup(resnet):
@@ -216,3 +231,79 @@ def test_non_finite_loss_stops_with_the_step_number(resnet):
     result = task(x, y)
     with pytest.raises(FloatingPointError, match='non-finite loss .* at training step 1'):
         ensure_finite(result['loss'], task.step)
+
+
+# --- the step as GPU users run it: AMP, no host reads, checkpointing --------------------------------
+
+def test_mask_of_a_float16_autocast_step_is_float32_and_matches_the_float32_mask(monkeypatch):
+    import timm_tenet.task as task_module
+    from timm_tenet.inhibition import reversed_mask
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=10)
+    with torch.no_grad():
+        model.fc.weight.mul_(0.01)  # small logit gradients: every value of dL_d/dA is a float16 subnormal
+    task = TenetTask(model, TenetConfig(stage=-1, only_correct=False, **EVERY_STEP)).train()
+    seen = {}
+
+    def capture(maps, grads, group_ids, num_groups):
+        seen.update(maps=maps, group_ids=group_ids, mask=reversed_mask(maps, grads, group_ids, num_groups))
+        return seen['mask']
+
+    monkeypatch.setattr(task_module, 'reversed_mask', capture)
+    x, y = make_batch(batch=2, size=224)
+    with torch.autocast('cpu', dtype=torch.float16):
+        task(x, y)
+    maps, group_ids = seen['maps'], seen['group_ids']
+    assert maps.dtype == torch.float16 and seen['mask'].dtype == torch.float32
+    trainable = task.get_trainable_module()  # stage -1 of a CNN: the maps are the features
+    exact = reversed_mask(maps, trainable.logit_gradient(maps.float(), y)[0], group_ids, 6)
+    with torch.autocast('cpu', dtype=torch.float16):
+        unscaled = reversed_mask(maps, trainable.logit_gradient(maps, y, scale=1.0)[0], group_ids, 6)
+    assert (seen['mask'] - exact).abs().max() < 1e-3
+    assert (unscaled - exact).abs().max() > 1e-3  # the float16 underflow that the scale prevents
+
+
+def test_tenet_step_reads_nothing_back_from_the_device(resnet):
+    from torch.profiler import ProfilerActivity, profile
+    task = TenetTask(resnet, TenetConfig(only_correct=True, **EVERY_STEP)).train()
+    x, y = make_batch()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = task(x, y)
+        result['loss'].backward()
+    assert 'loss_inhibited' in result
+    names = {event.name for event in prof.events()}
+    assert names.isdisjoint({'aten::item', 'aten::_local_scalar_dense', 'aten::bincount', 'aten::nonzero'})
+
+
+@pytest.mark.parametrize('name, stage, plain_blocks, tenet_blocks', [
+    ('resnet18', 3, 8, 6 + 3 * 2),  # F = layer1-3 (6 blocks), D = layer4 (2 blocks) run three times
+    ('test_efficientnet', 2, 5, 11),
+    ('mobilenetv3_small_050', 3, 12, 24),
+    ('regnetx_002', 3, 13, 27),
+    ('test_convnext', 2, 9, 21),
+])
+def test_grad_checkpointing_is_kept_under_tenet(monkeypatch, name, stage, plain_blocks, tenet_blocks):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    reference = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint', lambda fn, *a, **kw: calls.append(fn) or checkpoint(fn, *a, **kw))
+    x, y = make_batch(batch=2, size=64)
+    model.train().forward_features(x)
+    plain_calls = len(calls)
+    model.load_state_dict(reference.state_dict())  # undo that forward's running statistics
+    cfg = TenetConfig(stage=stage, num_groups=4, only_correct=False, **EVERY_STEP)
+    results = []
+    for task in (TenetTask(reference, cfg).train(), TenetTask(model, cfg).train()):
+        calls.clear()
+        torch.manual_seed(1)
+        result = task(x, y)
+        result['loss'].backward()
+        results.append((result['loss'], len(calls), batchnorm_state(task.get_eval_model())))
+    (loss, no_calls, stats), (checkpointed_loss, tenet_calls, checkpointed_stats) = results
+    assert (plain_calls, no_calls, tenet_calls) == (plain_blocks, 0, tenet_blocks)
+    torch.testing.assert_close(checkpointed_loss, loss)
+    for key in stats:  # recomputation never updates BatchNorm statistics a second time
+        torch.testing.assert_close(checkpointed_stats[key], stats[key], msg=key)

@@ -7,13 +7,24 @@ one small declarative adapter per family, looked up by model class, is enough: `
 stem and the first k stages, ``D`` is the remaining stages, the neck and ``forward_head``. Stage ``-1``
 cuts at ``forward_features``/``forward_head`` and works for every timm model; there the map may be NCHW
 (CNNs), NHWC (Swin-style ``output_fmt``) or tokens (ViT-style, inhibited on patch tokens only).
+
+Running the stages directly bypasses ``forward_features``, where timm applies gradient checkpointing, so
+the split applies it itself when the model (or a stage) has ``grad_checkpointing`` set: one checkpoint
+per block, as timm's ``checkpoint_seq(..., flatten=True)``. It is always non-reentrant (the mask
+gradient is taken with ``torch.autograd.grad``), and the recomputation in the backward pass replays
+each BatchNorm module's mode of the original forward without updating its running statistics again: the
+forward already updated them once, and the inhibited pass, whose recomputation happens after TENET has
+switched the statistics tracking back on, must never update them.
 """
 import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from functools import partial
+from typing import Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.models.convnext import ConvNeXt
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
@@ -33,15 +44,20 @@ def _resnet_stages(model: nn.Module) -> List[nn.Module]:
 
 @dataclass(frozen=True)
 class _Family:
-    """How one model family's ``forward_features`` decomposes: attribute names run in order."""
+    """How one model family's ``forward_features`` decomposes: attribute names run in order.
+
+    ``block_stages``: a stage's forward is its children run in order, so the split can checkpoint each
+    child; otherwise (ConvNeXt) a stage checkpoints its own blocks when its ``grad_checkpointing`` is set.
+    """
     stem: Tuple[str, ...]
     stages: Callable[[nn.Module], Sequence[nn.Module]]
     neck: Tuple[str, ...] = ()
+    block_stages: bool = True
 
 
 _FAMILIES = {
     ResNet: _Family(('conv1', 'bn1', 'act1', 'maxpool'), _resnet_stages),
-    ConvNeXt: _Family(('stem',), lambda m: list(m.stages), ('norm_pre',)),
+    ConvNeXt: _Family(('stem',), lambda m: list(m.stages), ('norm_pre',), block_stages=False),
     EfficientNet: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks), ('conv_head', 'bn2')),
     MobileNetV3: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks)),
     RegNet: _Family(('stem',), lambda m: [m.s1, m.s2, m.s3, m.s4], ('final_conv',)),
@@ -70,6 +86,36 @@ def _run(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> torch.Tenso
     for name in names:
         x = getattr(model, name)(x)
     return x
+
+
+@contextmanager
+def _batchnorm_replay(norms: Sequence[nn.Module], modes: Sequence[Tuple[bool, bool]]) -> Iterator[None]:
+    """BatchNorm modes of the original forward, with momentum 0 and the batch counter put back: the
+    recomputed forward normalises and saves exactly what the original did, and updates nothing."""
+    current = [(m.training, m.track_running_stats, m.momentum) for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
+    for m, (training, tracking) in zip(norms, modes):
+        m.training, m.track_running_stats, m.momentum = training, tracking, 0.0
+    try:
+        yield
+    finally:
+        for m, (training, tracking, momentum), count in zip(norms, current, counts):
+            m.training, m.track_running_stats, m.momentum = training, tracking, momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _recompute_contexts(block: nn.Module) -> Tuple[ContextManager, ContextManager]:
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [(m.training, m.track_running_stats) for m in norms]  # as the original forward runs
+    return nullcontext(), _batchnorm_replay(norms, modes)
+
+
+def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` with activations recomputed in the backward pass (non-reentrant, so that
+    ``torch.autograd.grad`` works), BatchNorm statistics left alone by the recomputation."""
+    return torch.utils.checkpoint.checkpoint(
+        block, x, use_reentrant=False, context_fn=partial(_recompute_contexts, block))
 
 
 class ModelSplit:
@@ -127,17 +173,24 @@ class ModelSplit:
         if self.stage == -1:
             return self.model.forward_features(x)
         x = _run(self.model, self._family.stem, x)
-        for stage in self._stages[:self.stage]:
-            x = stage(x)
-        return x
+        return self._run_stages(self._stages[:self.stage], x)
 
     def rest(self, a: torch.Tensor) -> torch.Tensor:
         """``D``: feature map ``A`` -> logits."""
         if self.stage != -1:
-            for stage in self._stages[self.stage:]:
-                a = stage(a)
+            a = self._run_stages(self._stages[self.stage:], a)
             a = _run(self.model, self._family.neck, a)
         return self.model.forward_head(a)
+
+    def _run_stages(self, stages: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        model_flag = getattr(self.model, 'grad_checkpointing', False)
+        for stage in stages:
+            if self._family.block_stages and (model_flag or getattr(stage, 'grad_checkpointing', False)):
+                for block in stage.children():
+                    x = checkpoint_block(block, x)
+            else:
+                x = stage(x)
+        return x
 
     def to_maps(self, a: torch.Tensor) -> torch.Tensor:
         """View ``A`` as B x C x positions for the TENET maths (differentiable)."""

@@ -1,6 +1,7 @@
 """What the feature-inhibition tasks (TENET, RSC) share: the split model as one trainable module, the
 eval-mode gradient of the true-class logits w.r.t. ``A``, the masked pass of ``D`` with BatchNorm running
-statistics frozen, and the task plumbing (compile ``F``, the bare model for evaluation and checkpoints).
+statistics frozen, and the task plumbing (compile ``F`` and ``D``, the bare model for evaluation and
+checkpoints).
 
 Both methods compute ``A = F(x)`` once, differentiate the summed logits of the target classes w.r.t. ``A``
 with the network in eval mode (so samples do not influence each other through BatchNorm batch
@@ -20,7 +21,12 @@ from timm.utils import unwrap_model
 from .split import ModelSplit
 from .utils.modes import eval_mode
 
-__all__ = ['SplitModule', 'SplitTask', 'frozen_batchnorm_stats', 'is_soft', 'target_logit_sum']
+__all__ = ['LOGIT_GRAD_SCALE', 'SplitModule', 'SplitTask', 'frozen_batchnorm_stats', 'is_soft', 'target_logit_sum']
+
+# Constant scale of the summed logits before their gradient w.r.t. ``A`` is taken: under float16 autocast
+# about 8% of the non-zero values of that gradient on an untrained ResNet-18 fall below float16's normal
+# range unscaled. A power of two, so that dividing the float32 result back is exact.
+LOGIT_GRAD_SCALE = 2.0 ** 10
 
 
 @contextmanager
@@ -56,7 +62,8 @@ class SplitModule(nn.Module):
 
     Subclasses put every pass of a step in ``forward``. Parameters are the model's, under ``model.``;
     ``no_weight_decay`` and ``group_matcher`` are forwarded so the optimizer factory treats them as the
-    model's own.
+    model's own. ``F`` and ``D`` run through ``features_fn`` and ``rest_fn``, which
+    :meth:`SplitTask.compile` replaces with compiled versions.
 
     Args:
         model: The timm model being trained.
@@ -67,7 +74,8 @@ class SplitModule(nn.Module):
         super().__init__()
         self.model = model
         self.split = ModelSplit(model, stage)
-        self.compiled_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self.features_fn: Callable[[torch.Tensor], torch.Tensor] = self.split.features
+        self.rest_fn: Callable[[torch.Tensor], torch.Tensor] = self.split.rest
 
     def no_weight_decay(self):
         model = unwrap_model(self.model)
@@ -85,39 +93,57 @@ class SplitModule(nn.Module):
 
     def features(self, input: torch.Tensor) -> torch.Tensor:
         """``A = F(input)``, compiled when the task was compiled."""
-        return (self.compiled_features or self.split.features)(input)
+        return self.features_fn(input)
 
-    def logit_gradient(self, features: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``G = d(sum of target logits)/dA`` with ``D`` in eval mode, and those eval-mode logits (float32, detached).
+    def rest(self, features: torch.Tensor) -> torch.Tensor:
+        """``D(A)``: the logits, compiled when the task was compiled."""
+        return self.rest_fn(features)
+
+    def logit_gradient(
+            self,
+            features: torch.Tensor,
+            target: torch.Tensor,
+            scale: float = LOGIT_GRAD_SCALE,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``G = d(sum of target logits)/dA`` in float32 with ``D`` in eval mode, and those eval-mode logits
+        (float32, detached).
 
         Only the gradient w.r.t. ``A`` is taken (``torch.autograd.grad``), so parameter gradients and DDP's
-        reducer are untouched.
+        reducer are untouched. It is taken from ``scale`` times the sum, so that float16 gradients under
+        autocast do not underflow, and divided back in float32 (a loss scale of its own: GradScaler's
+        scale applies to the training loss only).
         """
         probe = features.detach().requires_grad_(True)
         with eval_mode(self.model), torch.enable_grad():
-            logits = self.split.rest(probe).float()
-            (grad,) = torch.autograd.grad(target_logit_sum(logits, target), probe)
-        return grad, logits.detach()
+            logits = self.rest_fn(probe).float()
+            (grad,) = torch.autograd.grad(target_logit_sum(logits, target) * scale, probe)
+        return grad.float() / scale, logits.detach()
 
     def masked_logits(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``D(A * mask)`` in train mode, BatchNorm running statistics frozen: masked features are smaller
         than clean ones and would pollute the statistics that evaluation uses."""
         with frozen_batchnorm_stats(self.model):
-            return self.split.rest(self.split.apply_mask(features, mask))
+            return self.rest_fn(self.split.apply_mask(features, mask))
 
 
 class SplitTask(ClassificationTask):
     """A ``ClassificationTask`` whose trainable module is a :class:`SplitModule`.
 
-    ``compile`` compiles ``F`` (``D`` stays eager: its input gradient is taken with ``torch.autograd.grad``,
-    which a compiled graph cannot contain) and the eval model; ``get_eval_model`` returns the bare model,
-    so checkpoint and EMA keys are the base model's keys. Subclasses set ``self.trainable_module``.
+    ``compile`` compiles ``F``, ``D`` and the eval model; ``get_eval_model`` returns the bare model, so
+    checkpoint and EMA keys are the base model's keys. Subclasses set ``self.trainable_module``.
     """
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile ``F``, ``D`` and the eval model.
+
+        ``torch.autograd.grad`` of the mask-gradient pass runs outside the compiled graphs and passes
+        through the compiled ``D`` like any autograd function; ``D``'s train, eval-mode and
+        frozen-statistics runs are separate cached graphs (module modes are guarded). The step itself
+        (mode switches, the gradient call) stays eager.
+        """
         trainable = unwrap_model(self.trainable_module)
-        trainable.compiled_features = torch.compile(
-            trainable.split.features, backend=backend, mode=mode, **compile_kwargs)
+        trainable.features_fn = torch.compile(trainable.split.features, backend=backend, mode=mode, **compile_kwargs)
+        trainable.rest_fn = torch.compile(trainable.split.rest, backend=backend, mode=mode, **compile_kwargs)
         self.eval_model = torch.compile(trainable.model, backend=backend, mode=mode, **compile_kwargs)
         return self.eval_model
 

@@ -40,8 +40,9 @@ class TenetTrainableModule(SplitModule):
 
     A TENET step computes ``A = F(x)`` once, the clean logits ``D(A)``, the gradient of the chosen
     logits w.r.t. ``A`` with the network in eval mode (no BatchNorm batch coupling, as the reference),
-    the channel groups and reversed mask, and the inhibited logits ``D(A * mask)`` with BatchNorm running
-    statistics frozen (masked features are smaller and would pollute them).
+    the channel groups and reversed mask (float32 under autocast), and the inhibited logits
+    ``D(A * mask)`` with BatchNorm running statistics frozen (masked features are smaller and would
+    pollute them). The grouping runs through ``grouping_fn``, compiled by :meth:`TenetTask.compile`.
 
     Args:
         model: The timm model being trained.
@@ -51,6 +52,7 @@ class TenetTrainableModule(SplitModule):
     def __init__(self, model: nn.Module, cfg: TenetConfig):
         super().__init__(model, cfg.stage)
         self.cfg = cfg
+        self.grouping_fn: Callable[..., torch.Tensor] = group_channels
         self._channels_checked = False
 
     def _check_channels(self, maps: torch.Tensor) -> None:
@@ -71,7 +73,7 @@ class TenetTrainableModule(SplitModule):
         """Clean logits (``output``), and on a TENET step the ``inhibited`` logits, the per-sample
         ``selected`` weights (1 where inhibition applies) and per-sample ``orth`` loss."""
         features = self.features(input)
-        output = self.split.rest(features)
+        output = self.rest(features)
         maps = self.split.to_maps(features)
         self._check_channels(maps)
         if not tenet_step:
@@ -86,7 +88,7 @@ class TenetTrainableModule(SplitModule):
             selected = torch.ones_like(labels, dtype=torch.float32)
         chosen = target if cfg.target == 'label' else prediction
 
-        group_ids = group_channels(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
+        group_ids = self.grouping_fn(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
         grads = self.split.to_maps(self.logit_gradient(features, chosen)[0])
         mask = reversed_mask(maps, grads, group_ids, cfg.num_groups)
         return {
@@ -146,6 +148,13 @@ class TenetTask(SplitTask):
         self.step = 0
         if verbose:
             _logger.info(f'TenetTask: {self.cfg}')
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
+        """Compile ``F``, ``D``, the eval model and the channel grouping (one graph, no host reads)."""
+        eval_model = super().compile(backend=backend, mode=mode, **compile_kwargs)
+        unwrap_model(self.trainable_module).grouping_fn = torch.compile(
+            group_channels, backend=backend, mode=mode, **compile_kwargs)
+        return eval_model
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
         return {'tenet_step': self.step, 'tenet_cfg': self.cfg.to_dict()}
