@@ -9,8 +9,14 @@ period) with every sample keeping its mask; its cost does not depend on the spat
 measures the process's CPU time instead of wall time, which other processes disturb less (on a
 virtual machine, CPU time still varies by several percent from step to step: use enough rounds).
 
+Beside the times, each row gives the ATen ops of one call (a step: mean over one period), counted with
+``torch.profiler`` as the top-level ATen calls (those not made by another ATen op: what Python and the
+autograd engine dispatch) that are not views, i.e. roughly the kernels launched on a GPU.
+``--ops-only`` counts without timing.
+
     python benchmarks/step_overhead.py --model resnet50 -b 16 --img-size 128
     python benchmarks/step_overhead.py --threads 1 --cpu-time          # on a busy machine
+    python benchmarks/step_overhead.py --ops-only
 """
 import argparse
 import json
@@ -21,11 +27,28 @@ from typing import Callable, Dict, List
 import timm
 import torch
 from timm.task import ClassificationTask
+from torch.profiler import ProfilerActivity, profile
 
 from timm_tenet import RscConfig, RscTask, TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
 
 _STEPS_PER_SAMPLE = 3  # one period of the period-3 variant
+_VIEW_OPS = {'aten::' + name for name in (
+    'alias', 'as_strided', 'detach', 'expand', 'expand_as', 'flatten', 'narrow', 'permute', 'reshape', 'select',
+    'slice', 'split', 'squeeze', 't', 'transpose', 'unbind', 'unflatten', 'unsqueeze', 'view', 'view_as',
+    '_unsafe_view', '_reshape_alias')}
+
+
+def aten_op_count(fn: Callable[[], None], calls: int = 1) -> float:
+    """Top-level non-view ATen ops per call of ``fn`` (mean over ``calls`` consecutive calls)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    top_level = [
+        e.name for e in prof.events()
+        if e.name.startswith('aten::') and not (e.cpu_parent is not None and e.cpu_parent.name.startswith('aten::'))
+    ]
+    return sum(name not in _VIEW_OPS for name in top_level) / calls
 
 
 def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
@@ -59,6 +82,7 @@ def main():
     parser.add_argument('--amp-dtype', default=None, choices=[None, 'bfloat16', 'float16'])
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--cpu-time', action='store_true', help='time with process CPU time, not wall time')
+    parser.add_argument('--ops-only', action='store_true', help='count ATen ops, do not time')
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
     if args.threads:
@@ -91,19 +115,33 @@ def main():
         features = split.features(x).float()
     grads = torch.randn_like(features)
 
+    def grouping():
+        group_channels(features, 6)
+
     def mask_only():
         ids = group_channels(features, 6)
         reversed_mask(features, grads, ids, 6)
 
-    names = [*steps, 'grouping + mask']
-    seconds: Dict[str, List[float]] = {name: [] for name in names}  # per step
-    ratios: Dict[str, List[float]] = {name: [] for name in names}  # to the same round's plain step
+    parts = {'grouping': grouping, 'grouping + mask': mask_only}
+    names = [*steps, *parts]
     for step in steps.values():  # warm-up
         step()
+    ops = {name: aten_op_count(step, _STEPS_PER_SAMPLE) for name, step in steps.items()}
+    ops.update({name: aten_op_count(part) for name, part in parts.items()})
+    if args.ops_only:
+        print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, inhibited map {tuple(features.shape)}, "
+              f"top-level non-view ATen ops per call")
+        for name in names:
+            print(f'{name:<32} {ops[name]:>8.0f}')
+        return
+
+    seconds: Dict[str, List[float]] = {name: [] for name in names}  # per step
+    ratios: Dict[str, List[float]] = {name: [] for name in names}  # to the same round's plain step
     for _ in range(args.repeats):
         for name, step in steps.items():
             seconds[name].append(sum(_timed(step, device, clock) for _ in range(_STEPS_PER_SAMPLE)) / _STEPS_PER_SAMPLE)
-        seconds['grouping + mask'].append(_timed(mask_only, device, clock))
+        for name, part in parts.items():
+            seconds[name].append(_timed(part, device, clock))
         for name in names:
             ratios[name].append(seconds[name][-1] / seconds['plain'][-1])
 
@@ -114,16 +152,18 @@ def main():
         'rows': [
             {'what': name, 'median_s': round(statistics.median(seconds[name]), 4),
              'x_plain': round(statistics.median(ratios[name]), 3),
-             'x_plain_quartiles': [round(q, 3) for q in statistics.quantiles(ratios[name], n=4)[::2]]}
+             'x_plain_quartiles': [round(q, 3) for q in statistics.quantiles(ratios[name], n=4)[::2]],
+             'aten_ops': ops[name]}
             for name in names
         ],
     }
     print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, {device}, {torch.get_num_threads()} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time, inhibited map {tuple(features.shape)}")
-    print(f"{'what':<32} {'median s':>9} {'x plain step':>13} {'quartiles':>15}")
+    print(f"{'what':<32} {'median s':>9} {'x plain step':>13} {'quartiles':>15} {'ATen ops':>9}")
     for row in results['rows']:
         low, high = row['x_plain_quartiles']
-        print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f} {low:>7.3f}-{high:.3f}")
+        print(f"{row['what']:<32} {row['median_s']:>9.4f} {row['x_plain']:>13.3f} {low:>7.3f}-{high:.3f} "
+              f"{row['aten_ops']:>9.0f}")
     if args.results_file:
         with open(args.results_file, 'w') as f:
             json.dump(results, f, indent=2)

@@ -157,3 +157,46 @@ def test_rsc_is_refused_together_with_tenet():
         resolve_rsc_config(args, tenet_cfg)
     args, _ = parse_train_args(['--model', 'cifar_resnet18_tenet', '--rsc', '--no-tenet'])
     assert resolve_rsc_config(args, resolve_tenet_config(args, timm.create_model(args.model))) == RscConfig()
+
+
+# --- no flag is parsed and ignored ----------------------------------------------------------------
+
+def test_a_tenet_flag_turns_tenet_on_for_a_plain_model():
+    args, _ = parse_train_args(['--model', 'resnet18', '--tenet-weight', '0.5'])
+    cfg = resolve_tenet_config(args, timm.create_model('resnet18'))
+    assert args.tenet is True and cfg == TenetConfig(weight=0.5)
+
+
+def test_a_method_flag_typed_with_its_no_flag_is_a_one_line_error():
+    args, _ = parse_train_args(['--model', 'resnet18', '--no-tenet', '--tenet-weight', '0.5', '--tenet-period', '2'])
+    with pytest.raises(TrainingError, match=r'^--tenet-weight, --tenet-period given with --no-tenet: drop them or '
+                                            r'train with TENET$'):
+        resolve_tenet_config(args, timm.create_model('resnet18'))
+    args, _ = parse_train_args(['-c', 'hparams/digits_resnet18_rsc.yaml', '--no-rsc', '--rsc-stage', '2'])
+    with pytest.raises(TrainingError, match=r'^--rsc-stage given with --no-rsc: drop it'):
+        resolve_rsc_config(args)
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--dataset-download'], r"--dataset-download applies to torch/, tfds/, hfids/ datasets only, not to 'folder'"),
+    (['--dataset', 'sklearn/digits', '--input-key', 'img'], "--input-key applies to hfds/.*not to 'sklearn/digits'"),
+    (['--train-num-samples', '100'], '--train-num-samples applies to hfids/, tfds/, wds/ datasets only'),
+    (['--epoch-repeats', '2'], '--epoch-repeats applies to hfids/, tfds/, wds/ datasets only'),
+    (['--dataset', 'hfds/x', '--dataset-download'], "--dataset-download .* not to 'hfds/x'"),
+    (['--dataset', 'torch/cifar10', '--class-map', 'map.txt'], "--class-map does not apply to torchvision dataset"),
+])
+def test_dataset_flags_the_dataset_type_would_ignore_are_refused(extra, message, tmp_path):
+    from timm_tenet.data.dataset import DataError, create_train_eval_datasets
+    args, _ = parse_train_args(['--data-dir', str(tmp_path / 'absent'), *extra])
+    with pytest.raises(DataError, match=message) as e:
+        create_train_eval_datasets(args)
+    assert '\n' not in str(e.value) and not any(tmp_path.iterdir())  # refused before anything was read or written
+
+
+def test_torchcompile_mode_without_torchcompile_is_refused_before_training(tmp_path):
+    from timm_tenet.training.run import run_training
+    args, _ = parse_train_args(['--model', 'test_resnet', '--torchcompile-mode', 'max-autotune',
+                                '--output', str(tmp_path), '--dataset', 'sklearn/digits'])
+    with pytest.raises(TrainingError, match=r'^--torchcompile-mode needs --torchcompile \[BACKEND\]$'):
+        run_training(args)
+    assert not any(tmp_path.iterdir())

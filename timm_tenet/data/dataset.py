@@ -15,7 +15,8 @@ from ..utils.errors import first_line
 from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [
-    'DataError', 'SkippingImageDataset', 'SplitSubset', 'class_names', 'concat_splits_collate', 'count_skipped',
+    'DataError', 'SkippingImageDataset', 'SplitSubset', 'check_dataset_flags', 'class_names', 'concat_splits_collate',
+    'count_skipped',
     'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
 ]
 
@@ -183,6 +184,30 @@ def _check_classes(dataset: ImageDataset, split: str, checked_class_map: bool) -
                         f'(an empty class would silently shift every later class index; add images or remove them)')
 
 
+# flag, its dest, and the dataset types (name prefixes) whose timm reader uses it
+_TYPED_FLAGS = (
+    ('--dataset-download', 'dataset_download', ('torch', 'tfds', 'hfids')),
+    ('--dataset-trust-remote-code', 'dataset_trust_remote_code', ('hfds', 'hfids')),
+    ('--input-key', 'input_key', ('hfds', 'hfids', 'tfds', 'wds')),
+    ('--target-key', 'target_key', ('hfds', 'hfids', 'tfds', 'wds')),
+    ('--train-num-samples', 'train_num_samples', ('hfids', 'tfds', 'wds')),
+    ('--val-num-samples', 'val_num_samples', ('hfids', 'tfds', 'wds')),
+    ('--epoch-repeats', 'epoch_repeats', ('hfids', 'tfds', 'wds')),
+)
+
+
+def check_dataset_flags(args: Any, name: str) -> None:
+    """Refuse a dataset flag that the chosen dataset type would ignore (one line naming the types it needs)."""
+    prefix, sep, _ = name.partition('/')
+    kind = prefix.lower() if sep else ''
+    for flag, dest, kinds in _TYPED_FLAGS:
+        if getattr(args, dest, None) and kind not in kinds:
+            raise DataError(f"{flag} applies to {', '.join(k + '/' for k in kinds)} datasets only, not to "
+                            f"'{name or 'folder'}': drop it")
+    if getattr(args, 'class_map', '') and kind == 'torch':
+        raise DataError(f"--class-map does not apply to torchvision dataset '{name}': drop it")
+
+
 def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     """Train and validation datasets from ``train.py`` arguments (timm's ``create_dataset`` semantics).
 
@@ -192,9 +217,11 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     their undecodable images are skipped and counted (:class:`SkippingImageDataset`).
 
     Raises:
-        DataError: with a message that names the folder or classes at fault.
+        DataError: with a message that names the folder or classes at fault, or a flag that the dataset
+            type would ignore.
     """
     name = args.dataset or ''
+    check_dataset_flags(args, name)
     if name.lower() == DIGITS_DATASET:
         args.data_dir = str(prepare_digits(args.data_dir or None))
         name = ''

@@ -110,7 +110,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                        help='Head initialization bias value')
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                        help='Enable compilation w/ specified backend (default: inductor). With TENET the feature '
-                            'extractor F and the eval model are compiled (D needs an input gradient).')
+                            'extractor F, the rest D, the channel grouping and the eval model are compiled.')
     group.add_argument('--torchcompile-mode', type=str, default=None,
                        help='torch.compile mode (default: None).')
 
@@ -336,7 +336,8 @@ def _add_tenet_args(parser: argparse.ArgumentParser) -> None:
         'TENET parameters', 'Unset values come from the model\'s tenet_cfg ("<arch>_tenet" models) or the '
                             'reference defaults (6 groups, stage 3, weight 0.1, orth 1e-3, warm-up 500, period 3).')
     group.add_argument('--tenet', action=argparse.BooleanOptionalAction, default=None,
-                       help='Train with TENET (default: on for "<arch>_tenet" models, off otherwise).')
+                       help='Train with TENET (default: on for "<arch>_tenet" models or when a --tenet-* flag is '
+                            'given, off otherwise; --no-tenet with a --tenet-* flag is an error).')
     group.add_argument('--tenet-num-groups', '--tenet-groups', type=int, default=None, metavar='N',
                        help='Channel groups per sample (N_G); --tenet-groups is the former name.')
     group.add_argument('--tenet-stage', type=int, default=None, metavar='N',

@@ -190,6 +190,8 @@ def _setup_runtime(args: argparse.Namespace, perturb: Optional[Perturb]) -> _Run
 
 def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
     """The model, its TENET, RSC (or plain) task with EMA, and the optimizer."""
+    if args.torchcompile_mode and not args.torchcompile:
+        raise TrainingError('--torchcompile-mode needs --torchcompile [BACKEND]')
     model = create_model(args)
     tenet_cfg = resolve_tenet_config(args, model)
     method_cfg = resolve_rsc_config(args, tenet_cfg) or tenet_cfg

@@ -14,6 +14,7 @@ from timm.utils import NativeScaler, is_primary
 from ..config import RscConfig, TenetConfig
 from ..models.tenet_models import get_tenet_config
 from ..robustness.attacks import format_eps, parse_eps
+from ..utils.cli import COMMAND_LINE_DESTS
 from ..utils.errors import first_line
 from .adversarial import ADV_METHODS, AdversarialConfig
 
@@ -66,9 +67,14 @@ def _flag(dest: str) -> str:
 
 def _method_off(args: argparse.Namespace, method: str, dests: Dict[str, str]) -> bool:
     """Whether ``--no-<method>`` switched the method off; then its settings are cleared, so that ``args.yaml``
-    does not claim them (a method recipe's baseline: ``-c recipe.yaml --no-<method>``). Otherwise a flag of
-    the method switches it on (``args.<method>`` left unset stays unset for the caller's default)."""
+    does not claim them (a method recipe's baseline: ``-c recipe.yaml --no-<method>``), but a flag of the
+    method given on the command line with ``--no-<method>`` is an error (it would be ignored). Otherwise a
+    flag of the method switches it on (``args.<method>`` left unset stays unset for the caller's default)."""
     if getattr(args, method) is False:
+        typed = [_flag(dest) for dest in dests if dest in getattr(args, COMMAND_LINE_DESTS, ())]
+        if typed:
+            raise TrainingError(f"{', '.join(typed)} given with --no-{method}: drop "
+                                f"{'it' if len(typed) == 1 else 'them'} or train with {method.upper()}")
         for dest in dests:
             setattr(args, dest, None)
         return True

@@ -10,8 +10,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ['ConfigError', 'args_to_dict', 'args_to_yaml', 'config_dests', 'load_config_defaults',
+__all__ = ['COMMAND_LINE_DESTS', 'ConfigError', 'args_to_dict', 'args_to_yaml', 'config_dests', 'load_config_defaults',
            'parse_args_with_config', 'parser_with_config', 'warn_once_about_workers']
+
+# attribute of a parsed namespace: the dests set on the command line itself (not by -c or defaults)
+COMMAND_LINE_DESTS = '_command_line_dests'
 
 
 class ConfigError(ValueError):
@@ -114,7 +117,24 @@ def parse_args_with_config(
     if config_args.config:
         load_config_defaults(parser, config_args.config)
     args = parser.parse_args(argv)
+    setattr(args, COMMAND_LINE_DESTS, _command_line_dests(parser, argv))
     return args, args_to_yaml(args)
+
+
+def _command_line_dests(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> frozenset:
+    """The dests that ``argv`` itself sets (not ``-c`` or the parser defaults): parsed again with every
+    default suppressed."""
+    saved = [action.default for action in parser._actions], dict(parser._defaults)
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in zip(parser._actions, saved[0]):
+            action.default = default
+        parser._defaults.update(saved[1])
+    return frozenset(vars(given)) - {'config'}
 
 
 def _plain(value: Any) -> Any:
@@ -130,9 +150,9 @@ def _plain(value: Any) -> Any:
 
 
 def args_to_dict(args: argparse.Namespace, keys: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """``args`` (only ``keys`` when given) as plain YAML/``weights_only``-safe values: tuples become
-    lists, other objects strings."""
-    values = vars(args)
+    """``args`` (only ``keys`` when given; never the private ``_``-prefixed ones) as plain YAML/
+    ``weights_only``-safe values: tuples become lists, other objects strings."""
+    values = {k: v for k, v in vars(args).items() if not k.startswith('_')}
     return {k: _plain(values[k]) for k in (keys if keys is not None else values) if k in values}
 
 
