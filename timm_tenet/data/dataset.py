@@ -16,8 +16,7 @@ from .digits import DIGITS_DATASET, prepare_digits
 
 __all__ = [
     'DataError', 'SkippingImageDataset', 'SplitSubset', 'check_dataset_flags', 'class_names', 'concat_splits_collate',
-    'count_skipped',
-    'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
+    'count_skipped', 'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
 ]
 
 _logger = logging.getLogger(__name__)
