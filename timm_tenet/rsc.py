@@ -154,7 +154,7 @@ class RscTrainableModule(SplitModule):
         ``challenged`` logits and the per-sample ``selected`` flags (1 where the mask was kept)."""
         features = self.features(input)
         if spatial is None:
-            return {'output': self.split.rest(features)}
+            return {'output': self.rest(features)}
 
         grads, logits = self.logit_gradient(features, target)
         maps, grads = self.split.to_maps(features.detach()), self.split.to_maps(grads)
@@ -163,12 +163,12 @@ class RscTrainableModule(SplitModule):
         else:
             mask = channel_mask(grads, self.cfg.channel_drop)
         with torch.no_grad(), eval_mode(self.model):
-            masked = self.split.rest(self.split.apply_mask(features, mask))
+            masked = self.rest(self.split.apply_mask(features, mask))
         selected = challenged_samples(
             _target_probability(logits, target), _target_probability(masked, target), batch_percent)
         mask = torch.where(selected.view(-1, *([1] * (mask.ndim - 1))), mask, torch.ones_like(mask))
         with torch.no_grad():  # after the eval-mode passes, which see the statistics before this batch
-            output = self.split.rest(features)
+            output = self.rest(features)
         return {
             'output': output,
             'challenged': self.masked_logits(features, mask),
