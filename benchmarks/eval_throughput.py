@@ -6,11 +6,15 @@ corrupting a batch on the fly against the model's forward on the same batch.
    ``timm_tenet.robustness.variants.evaluate_clean``: the same loader with mean 0 / std 1 ([0, 1] images), the model
    wrapped with its normalisation, hits counted on the device. Passes are interleaved (plain, ours, plain,
    ...) so that machine noise hits both alike; medians are reported. Target: ratio >= 0.95.
-2. Corruption cost. Every on-the-fly corruption at every severity (CIFAR constants at 32 px) against one
-   forward of the model, both on the same batch, median of ``--repeats`` timings; the worst severity of each
-   corruption is reported. Target: ratio <= 0.5 for resnet18 at 32x32 on CPU.
+2. Corruption cost. Each of the 19 on-the-fly corruptions (the benchmark's 15 and the 4 extra) against one
+   forward of the model on the same batch. Every severity is timed once to find the most expensive one;
+   that severity is then timed ``--repeats`` times, each time right after a forward, and the median of
+   these paired ratios is reported (a busy machine slows both alike). CIFAR constants up to 64 px, ImageNet
+   constants above. ``--cpu-time`` times the process's CPU time instead of the wall clock. Target: ratio
+   <= 0.5 for every corruption, resnet18 at 32 px and resnet50 at 224 px, on CPU.
 
     python benchmarks/eval_throughput.py                       # resnet18, 32x32, CPU
+    python benchmarks/eval_throughput.py --skip-clean --model resnet50 --img-size 224 -b 16
     python benchmarks/eval_throughput.py --device cuda --img-size 224 --num-images 4096 -b 256 -j 8
 """
 import argparse
@@ -28,7 +32,7 @@ from PIL import Image
 from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.utils import AverageMeter, accuracy
 
-from timm_tenet.robustness.corruptions import CORRUPTIONS, corrupt
+from timm_tenet.robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from timm_tenet.robustness.loading import wrap_for_eval
 from timm_tenet.robustness.variants import evaluate_clean
 from timm_tenet.robustness.results import format_table, write_results
@@ -39,12 +43,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
+def _timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _image_folder(root: str, num_images: int, size: int, num_classes: int) -> None:
@@ -95,25 +99,31 @@ def clean_throughput(args, model: torch.nn.Module, device: torch.device) -> Dict
 
 
 def corruption_cost(args, model: torch.nn.Module, device: torch.device) -> List[Dict[str, float]]:
+    clock = time.process_time if args.cpu_time else time.perf_counter
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(args.batch_size, 3, args.img_size, args.img_size, generator=g, device=device)
+    rows = []
     with torch.inference_mode():
         def forward():
             model(x)
 
         forward()
-        forward_s = statistics.median(_timed(forward, device) for _ in range(args.repeats))
-        rows = []
-        for name in CORRUPTIONS:
-            worst = 0.0
-            for severity in range(1, 6):
-                def run():
-                    corrupt(x, name, severity, generator=g, dataset=args.constants)
+        for name in CORRUPTIONS + EXTRA_CORRUPTIONS:
+            def run(severity: int) -> None:
+                corrupt(x, name, severity, generator=g, dataset=args.constants)
 
-                run()
-                worst = max(worst, statistics.median(_timed(run, device) for _ in range(args.repeats)))
-            rows.append(dict(corruption=name, worst_ms=round(1000 * worst, 2), forward_ms=round(1000 * forward_s, 2),
-                             ratio=round(worst / forward_s, 3)))
+            once = {}
+            for severity in range(1, 6):
+                run(severity)  # warm-up: cached kernels and photos
+                once[severity] = _timed(lambda: run(severity), device, clock)
+            severity = max(once, key=once.get)
+            pairs = [(_timed(forward, device, clock), _timed(lambda: run(severity), device, clock))
+                     for _ in range(args.repeats)]
+            rows.append(dict(
+                corruption=name, severity=severity,
+                corrupt_ms=round(1000 * statistics.median(c for _, c in pairs), 2),
+                forward_ms=round(1000 * statistics.median(f for f, _ in pairs), 2),
+                ratio=round(statistics.median(c / f for f, c in pairs), 3)))
     return rows
 
 
@@ -127,12 +137,17 @@ def main():
     parser.add_argument('-b', '--batch-size', type=int, default=128)
     parser.add_argument('-j', '--workers', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--constants', default='cifar', choices=('cifar', 'imagenet'))
+    parser.add_argument('--constants', default=None, choices=('cifar', 'imagenet'),
+                        help='severity constants (default: cifar up to 64 px, else imagenet)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s)')
+    parser.add_argument('--cpu-time', action='store_true', help='time process CPU time, not wall time (CPU only)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--skip-clean', action='store_true', help='only time the corruptions')
     parser.add_argument('--results-file', default='', help='write both tables as JSON')
     args = parser.parse_args()
+    if args.cpu_time and args.device != 'cpu':
+        parser.error('--cpu-time measures CPU work; use it with --device cpu')
+    args.constants = args.constants or ('cifar' if args.img_size <= 64 else 'imagenet')
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +155,8 @@ def main():
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=args.num_classes).to(device).eval()
     print(f'{args.model} at {args.img_size}x{args.img_size}, batch {args.batch_size}, {device}, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}', flush=True)
+          f'{torch.get_num_threads()} threads, {"CPU" if args.cpu_time else "wall"} time, torch {torch.__version__}, '
+          f'timm {timm.__version__}', flush=True)
 
     results = {}
     if not args.skip_clean:
@@ -150,8 +166,8 @@ def main():
                            title=f'\nClean evaluation, {args.workers} loader worker(s) (target ratio >= 0.95)'))
     rows = corruption_cost(args, model, device)
     results['corruption_cost'] = rows
-    print(format_table(rows, floatfmt='.3f', title=f'\nOn-the-fly corruption vs forward, worst severity, {args.constants} constants '
-                                   f'(target ratio <= 0.5)'))
+    print(format_table(rows, floatfmt='.3f', title=f'\nOn-the-fly corruption vs forward, most expensive severity, '
+                                                   f'{args.constants} constants (target ratio <= 0.5)'))
     if args.results_file:
         write_results(args.results_file, results, fmt='json')
     worst = max(r['ratio'] for r in rows)

@@ -57,13 +57,24 @@ def canny(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
     anti = (magnitude > neighbour(-1, 1)) & (magnitude > neighbour(1, -1))
     main = (magnitude > neighbour(-1, -1)) & (magnitude > neighbour(1, 1))
     peak |= diagonal & torch.where(opposite_signs, anti, main)
-    weak = (peak & (magnitude > int(low)))[:, None].float()
-    edges = weak * (magnitude > int(high))[:, None].float()
+    weak = peak & (magnitude > int(low))
+    edges = weak & (magnitude > int(high))
     while True:
-        grown = F.max_pool2d(edges, 3, 1, 1) * weak
+        grown = _dilate3(edges) & weak
         if torch.equal(grown, edges):
-            return edges[:, 0].bool()
+            return edges
         edges = grown
+
+
+def _dilate3(mask: torch.Tensor) -> torch.Tensor:
+    """3 x 3 dilation (8-neighbourhood) of a B x H x W bool mask, rows then columns."""
+    rows = mask.clone()
+    rows[:, 1:] |= mask[:, :-1]
+    rows[:, :-1] |= mask[:, 1:]
+    out = rows.clone()
+    out[:, :, 1:] |= rows[:, :, :-1]
+    out[:, :, :-1] |= rows[:, :, 1:]
+    return out
 
 
 def chamfer_distance(zero: torch.Tensor, limit: float) -> torch.Tensor:
@@ -71,20 +82,22 @@ def chamfer_distance(zero: torch.Tensor, limit: float) -> torch.Tensor:
 
     The distance is the cheapest path of mask moves from a zero pixel. Instead of OpenCV's two raster scans
     (sequential), each move's ray is closed in turn (a min-plus closure along one direction, doubling its
-    reach: 1, 2, 4, ... repeats), which every ordering of a path's moves allows; distances beyond ``limit``
-    come out above it. Float32, B x H x W.
+    reach: 1, 2, 4, ... repeats, as many as a path of cost ``limit`` can use), which every ordering of a
+    path's moves allows; distances beyond ``limit`` come out above it. Float32, B x H x W.
     """
-    beyond = float(limit) + 1
-    dist = torch.where(zero, 0.0, beyond)
+    h, w = zero.shape[-2:]
+    dist = torch.where(zero, 0.0, float(limit) + 1)
     costs = torch.tensor(_CHAMFER_COSTS, dtype=torch.float32, device=zero.device)
-    longest = 1
-    while longest <= limit:  # most repeats of one move in a path of cost <= limit (axial, cost 1)
-        longest *= 2
-    for (dr, dc), cost in zip(_CHAMFER_MOVES, costs):
+    for (dr, dc), cost, cost_value in zip(_CHAMFER_MOVES, costs, _CHAMFER_COSTS):
         for sign in (1, -1):
             reach = 1
-            while reach < longest:
-                dist = torch.minimum(dist, _shift(dist, sign * reach * dr, sign * reach * dc, beyond) + cost * reach)
+            while reach <= limit / cost_value:
+                r, c = sign * reach * dr, sign * reach * dc
+                if abs(r) < h and abs(c) < w:
+                    # dist[i, j] = min(dist[i, j], dist[i - r, j - c] + reach * cost), inside the image
+                    target = dist[:, max(r, 0):h + min(r, 0), max(c, 0):w + min(c, 0)]
+                    source = dist[:, max(-r, 0):h + min(-r, 0), max(-c, 0):w + min(-c, 0)] + cost * reach
+                    torch.minimum(target, source, out=target)
                 reach *= 2
     return dist
 
