@@ -1,5 +1,6 @@
-"""fog, elastic_transform, spatter and saturate against plainly written per-image versions of the reference
-functions (``make_cifar_c.py`` / ``make_imagenet_c.py``) that call the reference's own libraries.
+"""fog, elastic_transform, spatter and saturate (and zoom_blur, deterministic) against plainly written per-image
+versions of the reference functions (``make_cifar_c.py`` / ``make_imagenet_c.py``) that call the reference's own
+libraries.
 
 The random corruptions are compared value by value given the same random numbers: the tensor versions draw
 from a ``torch.Generator`` in a documented order and shape, the test replays those draws from a generator
@@ -15,6 +16,7 @@ import skimage as sk
 import torch
 from PIL import Image
 from scipy.ndimage import map_coordinates
+from scipy.ndimage import zoom as scizoom
 from skimage.filters import gaussian
 
 from timm_tenet.robustness.corruptions import _REGISTRY, corrupt
@@ -156,7 +158,25 @@ def _saturate(image, c, rng=None):
     return np.clip(sk.color.hsv2rgb(x), 0, 1) * 255
 
 
-REFERENCES = {'fog': _fog, 'elastic_transform': _elastic_transform, 'spatter': _spatter, 'saturate': _saturate}
+def _clipped_zoom(img, zoom_factor):
+    h = img.shape[0]
+    ch = int(np.ceil(h / zoom_factor))
+    top = (h - ch) // 2
+    img = scizoom(img[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
+    trim_top = (img.shape[0] - h) // 2
+    return img[trim_top:trim_top + h, trim_top:trim_top + h]
+
+
+def _zoom_blur(image, c, rng=None):
+    x = (np.array(image) / 255.).astype(np.float32)
+    out = np.zeros_like(x)
+    for zoom_factor in np.arange(*c):
+        out += _clipped_zoom(x, zoom_factor)
+    return np.clip((x + out) / (len(np.arange(*c)) + 1), 0, 1) * 255
+
+
+REFERENCES = {'fog': _fog, 'elastic_transform': _elastic_transform, 'spatter': _spatter, 'saturate': _saturate,
+              'zoom_blur': _zoom_blur}
 
 
 # ---- the draws of the tensor versions, replayed (order and shapes as their docstrings state) ----
@@ -184,7 +204,7 @@ def _replayed_draws(name: str, batch: int, size: int, seed: int):
 
 
 # Largest |reference - ours| on the 0..255 scale: float32 here against float64 / OpenCV's float32 there.
-TOLERANCE = {'fog': 0.01, 'elastic_transform': 0.01, 'spatter': 0.01, 'saturate': 0.001}
+TOLERANCE = {'fog': 0.01, 'elastic_transform': 0.01, 'spatter': 0.01, 'saturate': 0.001, 'zoom_blur': 0.001}
 
 
 @pytest.mark.parametrize('severity', SEVERITIES)
