@@ -114,6 +114,9 @@ def _recompute_contexts(block: nn.Module) -> Tuple[ContextManager, ContextManage
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block(x)`` with activations recomputed in the backward pass (non-reentrant, so that
     ``torch.autograd.grad`` works), BatchNorm statistics left alone by the recomputation."""
+    if torch.compiler.is_compiling():
+        # traced into the graph, buffer updates are applied once and the recomputation replays none
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
     return torch.utils.checkpoint.checkpoint(
         block, x, use_reentrant=False, context_fn=partial(_recompute_contexts, block))
 
