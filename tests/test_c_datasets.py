@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from timm_tenet.robustness.c_datasets import CifarCDataset, ImageNetCDataset, find_corruptions
-from timm_tenet.robustness.corruptions import corrupt
+from timm_tenet.robustness.corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from timm_tenet.robustness.make_c import main, make_c
 
 N = 3  # images per severity in the synthetic CIFAR-C folder
@@ -182,3 +182,9 @@ def test_make_c_cli_rejects_partial_severities_for_cifar_layout(tmp_path, capsys
     data = _write_image_folder(str(tmp_path / 'data'), per_class=1)
     assert main(['--data-dir', data, '--out', str(tmp_path / 'out'), '--format', 'cifar-c', '--severities', '1']) == 1
     assert 'stacks all 5 severities' in capsys.readouterr().err
+
+
+def test_make_c_writes_all_19_corruptions_by_default(tmp_path):
+    data = _write_image_folder(str(tmp_path / 'data'), per_class=1)
+    make_c(data, str(tmp_path / 'out'), layout='cifar-c', progress=False)
+    assert sorted(find_corruptions(str(tmp_path / 'out'))) == sorted(CORRUPTIONS + EXTRA_CORRUPTIONS)

@@ -134,7 +134,7 @@ def make_c(
         data_dir: str,
         out: str,
         layout: str = 'cifar-c',
-        corruptions: Sequence[str] = CORRUPTIONS,
+        corruptions: Sequence[str] = CORRUPTIONS + EXTRA_CORRUPTIONS,
         severities: Sequence[int] = SEVERITIES,
         dataset: Optional[str] = None,
         seed: int = 0,
@@ -150,7 +150,8 @@ def make_c(
         data_dir: Image folder with one sub-folder per class.
         out: Output folder (created).
         layout: ``'cifar-c'`` (``.npy`` arrays, all 5 severities) or ``'imagenet-c'`` (image folders).
-        corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS` or ``EXTRA_CORRUPTIONS``.
+        corruptions: Names from :data:`timm_tenet.robustness.corruptions.CORRUPTIONS` or ``EXTRA_CORRUPTIONS``
+            (default: all 19, as the released CIFAR-10-C holds).
         severities: Severities to write (``'cifar-c'`` stacks all five).
         dataset: Severity constants, ``'cifar'`` or ``'imagenet'``; by default those matching ``layout``.
         seed: Base seed of the noise.
@@ -212,9 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--format', dest='layout', required=True, choices=FORMATS,
                         help='CIFAR-10-C .npy arrays or ImageNet-C folders')
-    parser.add_argument('--corruptions', nargs='+', default=list(CORRUPTIONS), metavar='NAME',
+    parser.add_argument('--corruptions', nargs='+', default=list(CORRUPTIONS + EXTRA_CORRUPTIONS), metavar='NAME',
                         choices=CORRUPTIONS + EXTRA_CORRUPTIONS,
-                        help='corruptions to write (default: the benchmark ones)')
+                        help='corruptions to write (default: all 19, the benchmark\'s 15 and the 4 extra, as the '
+                             'released CIFAR-10-C holds)')
     parser.add_argument('--severities', nargs='+', type=int, default=list(SEVERITIES), choices=SEVERITIES,
                         help='severities to write (default: 1 2 3 4 5)')
     parser.add_argument('--dataset', choices=('cifar', 'imagenet'), default=None,
