@@ -99,10 +99,13 @@ def _nearest_centre(points: torch.Tensor, centres: torch.Tensor, centres_sq: tor
     return torch.baddbmm(centres_sq.unsqueeze(1), points, centres.transpose(1, 2), alpha=-2).argmin(-1)
 
 
-def _lloyd_totals(with_ones: torch.Tensor, flat_ids: torch.Tensor, num_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-group sums and counts in one ``index_add``: the last column of ``with_ones`` is 1."""
-    totals = with_ones.new_zeros(num_rows, with_ones.shape[-1]).index_add_(0, flat_ids, with_ones)
-    return totals[:, :-1], totals[:, -1:]
+def _lloyd_totals(flat_points: torch.Tensor, ones: torch.Tensor, flat_ids: torch.Tensor, num_rows: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sums (num_rows x N) and member counts (num_rows x 1) as ``index_add`` sums (no ``bincount``,
+    which reads its range back to the host on CUDA)."""
+    sums = flat_points.new_zeros(num_rows, flat_points.shape[-1]).index_add_(0, flat_ids, flat_points)
+    counts = ones.new_zeros(num_rows).index_add_(0, flat_ids, ones)
+    return sums, counts.unsqueeze(1)
 
 
 @torch.no_grad()
@@ -148,12 +151,12 @@ def group_channels(
         seeds = _kmeans_plus_plus(points, points_sq, num_groups, generator)
         centres = points.gather(1, seeds.unsqueeze(-1).expand(-1, -1, length))
         centres_sq = points_sq.gather(1, seeds)
-        # flat group index b * K + k: one index_add for the whole batch; a ones column counts the members
+        # flat group index b * K + k: one index_add for the whole batch
         offsets = torch.arange(0, batch * num_groups, num_groups, device=points.device).unsqueeze(1)
-        with_ones = torch.cat([points, points.new_ones(batch, num_channels, 1)], -1).view(-1, length + 1)
+        flat_points, ones = points.view(-1, length), points.new_ones(batch * num_channels)
         for _ in range(iters):
             flat_ids = (_nearest_centre(points, centres, centres_sq) + offsets).view(-1)
-            sums, counts = _lloyd_totals(with_ones, flat_ids, batch * num_groups)
+            sums, counts = _lloyd_totals(flat_points, ones, flat_ids, batch * num_groups)
             means = torch.where(counts > 0, sums / counts.clamp_min(1), centres.view(-1, length))
             means = means.view(batch, num_groups, length)
             if medoid:
