@@ -11,7 +11,7 @@ import timm
 from timm.models import get_pretrained_cfg
 
 from timm_tenet import TENET_BASES, TenetConfig, base_architecture, create_tenet_model, get_tenet_config
-from timm_tenet.models.cifar import CifarResNet
+from timm_tenet.models.cifar import CifarResNet, CifarWideResNet
 
 EXPECTED_STAGES = {
     'resnet18_tenet': 3,
@@ -26,8 +26,12 @@ EXPECTED_STAGES = {
     'convnext_tiny_tenet': 3,
     'efficientnet_b0_tenet': 5,
     'regnety_016_tenet': 3,
+    'cifar_resnet20_tenet': 2,
+    'cifar_resnet56_tenet': 2,
     'cifar_resnet18_tenet': 3,
     'cifar_resnext29_4x32d_tenet': 2,
+    'cifar_wrn40_2_tenet': 2,
+    'cifar_wrn28_10_tenet': 2,
 }
 NUM_CLASSES = 7
 
@@ -50,9 +54,9 @@ def _input(name: str) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def test_list_models_has_all_fourteen_tenet_models():
+def test_list_models_has_all_eighteen_tenet_models():
     listed = timm.list_models('*_tenet')
-    assert len(listed) == 14 and sorted(listed) == sorted(EXPECTED_STAGES)
+    assert len(listed) == 18 and sorted(listed) == sorted(EXPECTED_STAGES)
     assert sorted(TENET_BASES) == sorted(EXPECTED_STAGES)
     assert all(base_architecture(name) == name[:-len('_tenet')] for name in EXPECTED_STAGES)
     assert all(timm.is_model(base) for base in TENET_BASES.values())
@@ -246,3 +250,40 @@ def test_cifar_features_only_and_pruning_follow_the_three_stages():
 def test_cifar_resnet_refuses_imagenet_stem_options():
     with pytest.raises(ValueError, match='fixed 3x3 stride-1 stem'):
         timm.create_model('cifar_resnet18', stem_type='deep')
+
+
+# published parameter counts: He et al. 2016 Table 6 (0.27M, 0.85M, option-A identity shortcuts; timm's 1x1
+# projections add 2.8k), Zagoruyko & Komodakis 2016 / AugMix (WRN-40-2 2.2M), RobustBench (WRN-28-10 36.5M)
+@pytest.mark.parametrize('name, published, tolerance', [
+    ('cifar_resnet20', 0.27e6, 0.02), ('cifar_resnet56', 0.85e6, 0.01),
+    ('cifar_wrn40_2', 2.2e6, 0.03), ('cifar_wrn28_10', 36.5e6, 0.01),
+])
+def test_cifar_networks_have_their_published_parameter_counts(name, published, tolerance):
+    model = timm.create_model(name, device='meta')
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(published, rel=tolerance)
+
+
+def test_cifar_resnet20_has_16_32_64_stages_of_three_basic_blocks():
+    model = timm.create_model('cifar_resnet20').eval()
+    assert isinstance(model, CifarResNet) and model.conv1.out_channels == 16
+    assert [len(stage) for stage in model.stages] == [3, 3, 3]
+    with torch.no_grad():
+        feats = model.forward_intermediates(torch.randn(2, 3, 28, 28), intermediates_only=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 28, 28), (16, 28, 28), (32, 14, 14), (64, 7, 7)]
+    assert model.layer1[0].downsample is None  # the 16-channel stem feeds layer1 without a projection
+
+
+def test_cifar_wrn_is_preactivation_with_a_final_norm():
+    model = timm.create_model('cifar_wrn40_2').eval()
+    assert isinstance(model, CifarWideResNet) and [len(stage.blocks) for stage in model.stages] == [6, 6, 6]
+    assert (model.stem.conv.kernel_size, model.stem.conv.stride, model.stem.conv.out_channels) == ((3, 3), (1, 1), 16)
+    first = model.stages[0].blocks[0]
+    assert first.downsample is not None and first.conv1.out_channels == 32  # 16 -> 32 projection, full width
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(torch.randn(2, 3, 32, 32))
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (32, 32, 32), (64, 16, 16), (128, 8, 8)]
+    assert [info['reduction'] for info in model.feature_info] == [1, 1, 2, 4]
+    features = timm.create_model('cifar_wrn40_2', features_only=True).eval()
+    with torch.no_grad():
+        assert [tuple(m.shape[1:]) for m in features(torch.randn(1, 3, 32, 32))][1:] == [
+            (32, 32, 32), (64, 16, 16), (128, 8, 8)]

@@ -30,6 +30,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 from timm.models.regnet import RegNet
 from timm.models.resnet import ResNet
+from timm.models.resnetv2 import ResNetV2
 
 __all__ = ['ModelSplit', 'stage_modules', 'supported_families']
 
@@ -61,6 +62,7 @@ _FAMILIES = {
     EfficientNet: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks), ('conv_head', 'bn2')),
     MobileNetV3: _Family(('conv_stem', 'bn1'), lambda m: list(m.blocks)),
     RegNet: _Family(('stem',), lambda m: [m.s1, m.s2, m.s3, m.s4], ('final_conv',)),
+    ResNetV2: _Family(('stem',), lambda m: list(m.stages), ('norm',), block_stages=False),
 }
 
 

@@ -73,8 +73,12 @@ default_cfgs = generate_default_cfgs({
     'convnext_tiny_tenet.in12k_ft_in1k': _cfg('convnext_tiny.in12k_ft_in1k'),
     'efficientnet_b0_tenet.ra_in1k': _cfg('efficientnet_b0.ra_in1k'),
     'regnety_016_tenet.tv2_in1k': _cfg('regnety_016.tv2_in1k'),
+    'cifar_resnet20_tenet.untrained': _cfg('cifar_resnet20.untrained'),
+    'cifar_resnet56_tenet.untrained': _cfg('cifar_resnet56.untrained'),
     'cifar_resnet18_tenet.untrained': _cfg('cifar_resnet18.untrained'),
     'cifar_resnext29_4x32d_tenet.untrained': _cfg('cifar_resnext29_4x32d.untrained'),
+    'cifar_wrn40_2_tenet.untrained': _cfg('cifar_wrn40_2.untrained'),
+    'cifar_wrn28_10_tenet.untrained': _cfg('cifar_wrn28_10.untrained'),
 })
 
 # every name above is '<base>_tenet'
@@ -287,6 +291,22 @@ def regnety_016_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
 
 
 @register_model
+def cifar_resnet20_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
+    """CIFAR ResNet-20 with TENET on stage 2 of 3 (layer2, 32 channels, 16x16 at 32x32 input), as the reference's ResNeXt-29.
+    """
+    model_args = dict(tenet_stage=2)
+    return _create_tenet('cifar_resnet20_tenet', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_resnet56_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
+    """CIFAR ResNet-56 with TENET on stage 2 of 3 (layer2, 32 channels, 16x16 at 32x32 input), as the reference's ResNeXt-29.
+    """
+    model_args = dict(tenet_stage=2)
+    return _create_tenet('cifar_resnet56_tenet', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
 def cifar_resnet18_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
     """CIFAR ResNet-18 with TENET on the output of stage 3 (layer3, 256 channels, 8x8 at 32x32 input).
     """
@@ -300,3 +320,19 @@ def cifar_resnext29_4x32d_tenet(pretrained: bool = False, **kwargs) -> nn.Module
     """
     model_args = dict(tenet_stage=2)
     return _create_tenet('cifar_resnext29_4x32d_tenet', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_wrn40_2_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
+    """CIFAR WRN-40-2 with TENET on stage 2 of 3 (stages.1, 64 channels, 16x16 at 32x32 input).
+    """
+    model_args = dict(tenet_stage=2)
+    return _create_tenet('cifar_wrn40_2_tenet', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cifar_wrn28_10_tenet(pretrained: bool = False, **kwargs) -> nn.Module:
+    """CIFAR WRN-28-10 with TENET on stage 2 of 3 (stages.1, 320 channels, 16x16 at 32x32 input).
+    """
+    model_args = dict(tenet_stage=2)
+    return _create_tenet('cifar_wrn28_10_tenet', pretrained, **dict(model_args, **kwargs))
