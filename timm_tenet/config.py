@@ -88,6 +88,11 @@ class TenetConfig:
         """Whether 1-based training step ``step`` runs the inhibited pass (reference schedule)."""
         return step >= self.warmup_steps and step % self.period == 0
 
+    def count_tenet_steps(self, steps: int) -> int:
+        """How many of the training steps ``1..steps`` run the inhibited pass."""
+        first = max(self.warmup_steps, 1)
+        return max(0, steps // self.period - (first - 1) // self.period)
+
 
 @dataclass(frozen=True)
 class RscConfig:

@@ -54,6 +54,11 @@ class TenetTrainableModule(SplitModule):
         self.cfg = cfg
         self.grouping_fn: Callable[..., torch.Tensor] = group_channels
         self._channels_checked = False
+        # eager k-means seeding draws from its own generator (seeded from the run's seed), not the global one,
+        # so that TENET leaves the data order and augmentation of a seed as in plain training: a baseline and a
+        # TENET run of one seed differ only by the regulariser
+        self._kmeans_seed = torch.initial_seed()
+        self._kmeans_generator: Optional[torch.Generator] = None
 
     def _check_channels(self, maps: torch.Tensor) -> None:
         if not self._channels_checked:
@@ -88,7 +93,13 @@ class TenetTrainableModule(SplitModule):
             selected = torch.ones_like(labels, dtype=torch.float32)
         chosen = target if cfg.target == 'label' else prediction
 
-        group_ids = self.grouping_fn(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
+        if self.grouping_fn is group_channels:  # eager: k-means seeding from the module's own generator
+            if self._kmeans_generator is None or self._kmeans_generator.device != maps.device:
+                self._kmeans_generator = torch.Generator(device=maps.device).manual_seed(self._kmeans_seed)
+            group_ids = group_channels(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid,
+                                       generator=self._kmeans_generator)
+        else:  # compiled: a generator argument would break the graph, so the global generator draws
+            group_ids = self.grouping_fn(maps, cfg.num_groups, iters=cfg.kmeans_iters, medoid=cfg.medoid)
         grads = self.split.to_maps(self.logit_gradient(features, chosen)[0])
         mask = reversed_mask(maps, grads, group_ids, cfg.num_groups)
         return {

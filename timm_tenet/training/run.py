@@ -22,6 +22,7 @@ from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_pr
 
 from ..config import RscConfig, TenetConfig
 from ..data.dataset import DataError, class_names, count_skipped, create_train_eval_datasets
+from ..task import TenetTask
 from ..utils.checkpoint import CheckpointError, load_checkpoint_file, recorded_args
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
@@ -375,6 +376,8 @@ def _train_epoch(args: argparse.Namespace, runtime: _Runtime, training: _Trainin
         world_size=args.world_size, log_interval=args.log_interval, log=runtime.primary, progress=runtime.progress,
         num_epochs=training.num_epochs, recovery_fn=recovery_fn, recovery_interval=args.recovery_interval,
         synchronize_step=args.synchronize_step)
+    if isinstance(training.task, TenetTask):  # so summary.csv shows how much TENET a run really made
+        train_metrics['tenet_steps'] = training.task.cfg.count_tenet_steps(training.task.step)
     skipped = count_skipped(training.dataset_train) - skipped_before
     if skipped:
         _logger.warning(f'Epoch {epoch}: skipped {skipped} training image(s) that failed to decode '
