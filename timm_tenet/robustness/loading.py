@@ -127,7 +127,7 @@ def create_eval_model(
 
 def check_data_source(name: str, root: Optional[str]) -> None:
     """A folder dataset needs an existing ``--data-dir``: checked before any model is created or downloaded."""
-    if (name or '').lower() == DIGITS_DATASET or not is_folder_dataset(name or ''):
+    if (name or '').lower() in BUNDLED_DATASETS or not is_folder_dataset(name or ''):
         return
     if not root:
         raise EvaluationError('no dataset given: pass --data-dir DIR (an image folder of <class>/<image>, '
