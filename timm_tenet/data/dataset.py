@@ -15,8 +15,8 @@ from ..utils.errors import first_line
 from .bundled import BUNDLED_DATASETS, prepare_bundled
 
 __all__ = [
-    'DataError', 'SkippingImageDataset', 'SplitSubset', 'check_dataset_flags', 'class_names', 'concat_splits_collate',
-    'count_skipped', 'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
+    'DataError', 'DatasetView', 'SkippingImageDataset', 'SplitSubset', 'check_dataset_flags', 'class_names',
+    'concat_splits_collate', 'count_skipped', 'create_train_eval_datasets', 'is_folder_dataset', 'parse_split',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -98,7 +98,21 @@ class SkippingImageDataset(ImageDataset):
         return item
 
 
-class SplitSubset(data.Dataset):
+class DatasetView(data.Dataset):
+    """A dataset that serves the samples of ``self.dataset`` in its own way and shares its ``transform``, so
+    that timm's loaders and ``AugMixDataset`` set the transform of the wrapped dataset as usual."""
+    dataset: data.Dataset
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.dataset.transform = value
+
+
+class SplitSubset(DatasetView):
     """A fixed slice of a shuffled map-style dataset: ``train[:45000]`` / ``train[45000:]`` hold out a
     validation set from a training split (CIFAR, CUB and ImageNet have no labelled split other than
     the test / official validation set, which must not select checkpoints).
@@ -112,14 +126,6 @@ class SplitSubset(data.Dataset):
         self.dataset = dataset
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
         self.indices = order[start:stop].tolist()
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]

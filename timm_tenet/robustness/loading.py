@@ -13,7 +13,7 @@ from timm.data import create_dataset
 from timm.data.dataset import ImageDataset
 from timm.data.loader import fast_collate
 
-from ..data.dataset import is_folder_dataset
+from ..data.dataset import DatasetView, is_folder_dataset
 from ..data.bundled import BUNDLED_DATASETS, prepare_bundled
 from ..models.tenet_models import create_tenet_model
 from ..utils.checkpoint import checkpoint_args, checkpoint_class_names, extract_state_dict, load_checkpoint_file, load_state_dict_checked, \
@@ -196,7 +196,7 @@ def create_eval_dataset(
     return dataset
 
 
-class UnreadableSkipped(torch.utils.data.Dataset):
+class UnreadableSkipped(DatasetView):
     """An evaluation view of a timm ``ImageDataset``: an image that fails to open or decode is left out of its
     batch (logged with its path and counted), where timm's dataset would replace it by the next image and so
     score that one twice.
@@ -234,14 +234,6 @@ class UnreadableSkipped(torch.utils.data.Dataset):
 
     def _transformed(self, img: Image.Image) -> Any:
         return self.dataset.transform(img) if self.dataset.transform is not None else img
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.dataset)
