@@ -27,24 +27,25 @@ seed 0 of every variant, seed 1 of every variant, ..., so partial results stay b
 numbers land in ``docs/study/runs.json`` at once (atomic write); a rerun skips finished runs and trained
 checkpoints. A run whose settings equal a grid point's (``tenet`` and ``tenet_tuned`` at seed 0) reuses it.
 
-Plan (2 CPU cores: 2 worker processes of one thread each, one run each at a time). CPU seconds measured with
-one thread on this machine while other engineers' jobs loaded it (load ~12 on 2 cores: wall clock then ran
-~6.7x the CPU time, and CPU times varied by ~20% between repeats), so these are upper bounds for a quiet
-machine: a training step (batch 32, 28 px) 63-77 ms for the baseline, 99 ms on a TENET step, 3% more than the
-baseline's for RSC; a forward 0.8 ms / image in evaluation; FGSM + PGD-10 at one eps 18.6 ms / image; the 13
-corruption ops ~6 s per 1000 images at all severities.
+Plan (2 CPU cores: 2 worker processes of one thread each, one run each at a time). Measured with one thread on
+this machine while other engineers' jobs loaded it (load 12-19 on 2 cores: wall clock ran ~6-12x the CPU time,
+and CPU times themselves were inflated by the contention, ~20% between repeats), so these CPU seconds are upper
+bounds for a quiet machine:
 
-- training, 30 epochs x 109 steps = 3270 steps, + ~20 s of data loading and epoch validations: baseline
-  3270 x 63 ms + 20 = ~225 s; TENET at period 3 3270 x (63 + 36 / 3) ms + 20 = ~265 s, at period 1 ~345 s;
-- test evaluation: 13-15 corruptions x 5 severities x 1000 images x 0.8 ms = 52-60 s, attacks 4 eps x 1000 x
-  18.6 ms = 74 s: ~135 s a run; the grid's validation evaluation (500 images, no attacks) ~30 s, the baseline's
+- full training runs (30 epochs x 109 steps = 3270 steps, batch 32, 28 px, epoch validations included):
+  baseline 281 CPU-s (272 user + 8 sys; 58 min wall under that load), TENET at period 3 321 CPU-s (1077 TENET
+  steps, 60 min wall): 37 ms per TENET step, so ~400 CPU-s at period 1; RSC steps cost 3% more than the
+  baseline's (79.5 against 77.0 ms), ~290 CPU-s a run;
+- evaluation: a forward 0.8 ms / image, FGSM + PGD-10 at one eps 18.6 ms / image, the corruption ops ~6 s per
+  1000 images: a test evaluation (15 corruptions x 5 severities x 1000 images = 60 s, 4 eps x 1000 images x
+  18.6 ms = 74 s) ~145 CPU-s; the grid's validation evaluation (500 images, no attacks) ~40 s, the baseline's
   eps sweep (8 eps x 500 images) 74 s;
-- tuning: baseline seed 0 (225 + 30 + 74) + 4 grid points at period 1 (4 x 375) + 4 at period 3 (4 x 295)
-  = ~3000 s; main: 16 test evaluations (16 x 135 = 2160) + 13 new trainings (4 baseline 900, 4 tenet 1060,
-  2 tenet_tuned <= 690, 3 random_erasing 690: 3340) = ~5500 s; rsc, if present, 3 x (230 + 135) = ~1100 s;
-- total ~8500 CPU-s (~9600 with rsc) over 2 workers: ~71 min (~80 min) plus the idle tail of the two phases
-  (a few minutes): under the 2-hour budget on a quiet 2-core machine. The measured wall clock is in the
-  README and ``docs/study/timing.json``.
+- tuning: baseline seed 0 (281 + 40 + 74) + 4 grid points at period 3 (4 x 361) + 4 at period 1 (4 x 440)
+  = ~3600 CPU-s; main: 16 test evaluations (16 x 145 = 2320) + 13 new trainings (4 baseline 1124, 4 tenet
+  1284, 2 tenet_tuned <= 800, 3 random_erasing ~870) = ~6400 CPU-s; rsc 3 x (290 + 145) = ~1300 CPU-s;
+- total ~11,300 CPU-s over 2 workers: ~94 min, plus the idle tails of the two phases (a few minutes): within
+  the 2-hour budget on a quiet 2-core machine. On the loaded machine it takes several times longer; the
+  measured wall clock is in the README and ``docs/study/timing.json``.
 """
 import argparse
 import contextlib
