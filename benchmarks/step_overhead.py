@@ -17,6 +17,7 @@ autograd engine dispatch) that are not views, i.e. roughly the kernels launched 
     python benchmarks/step_overhead.py --model resnet50 -b 16 --img-size 128
     python benchmarks/step_overhead.py --threads 1 --cpu-time          # on a busy machine
     python benchmarks/step_overhead.py --ops-only
+    python benchmarks/step_overhead.py --methods rsc                   # the RSC rows only
 """
 import argparse
 import json
@@ -31,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from timm_tenet import RscConfig, RscTask, TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
+from timm_tenet.split import ModelSplit
 
 _STEPS_PER_SAMPLE = 3  # one period of the period-3 variant
 _VIEW_OPS = {'aten::' + name for name in (
@@ -83,6 +85,7 @@ def main():
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--cpu-time', action='store_true', help='time with process CPU time, not wall time')
     parser.add_argument('--ops-only', action='store_true', help='count ATen ops, do not time')
+    parser.add_argument('--methods', default='tenet,rsc', help='comma-separated variants beside plain (default: tenet,rsc)')
     parser.add_argument('--results-file', default='')
     args = parser.parse_args()
     if args.threads:
@@ -97,22 +100,29 @@ def main():
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
     every = dict(warmup_steps=0, period=1, only_correct=False)  # inhibit every sample: worst case
 
-    tasks = {
-        'plain': ClassificationTask(model, verbose=False),
-        f'tenet stage {args.stage}, every step': TenetTask(model, TenetConfig(stage=args.stage, **every), verbose=False),
-        f'tenet stage {args.stage}, period 3': TenetTask(
-            model, TenetConfig(stage=args.stage, warmup_steps=0, period=3, only_correct=False), verbose=False),
-        'tenet stage -1, every step': TenetTask(model, TenetConfig(stage=-1, **every), verbose=False),
-        f'rsc stage {args.stage}, every step': RscTask(model, RscConfig(stage=args.stage, batch_percent=1.0),
-                                                       verbose=False, seed=0),
-        'rsc stage -1 (reference)': RscTask(model, RscConfig(stage=-1, batch_percent=1.0), verbose=False, seed=0),
-    }
+    methods = set(args.methods.split(','))
+    if not methods <= {'tenet', 'rsc'}:
+        parser.error(f"--methods takes tenet and/or rsc, got '{args.methods}'")
+    tasks = {'plain': ClassificationTask(model, verbose=False)}
+    if 'tenet' in methods:
+        tasks.update({
+            f'tenet stage {args.stage}, every step': TenetTask(
+                model, TenetConfig(stage=args.stage, **every), verbose=False),
+            f'tenet stage {args.stage}, period 3': TenetTask(
+                model, TenetConfig(stage=args.stage, warmup_steps=0, period=3, only_correct=False), verbose=False),
+            'tenet stage -1, every step': TenetTask(model, TenetConfig(stage=-1, **every), verbose=False),
+        })
+    if 'rsc' in methods:
+        tasks.update({
+            f'rsc stage {args.stage}, every step': RscTask(
+                model, RscConfig(stage=args.stage, batch_percent=1.0), verbose=False, seed=0),
+            'rsc stage -1 (reference)': RscTask(model, RscConfig(stage=-1, batch_percent=1.0), verbose=False, seed=0),
+        })
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     steps = {name: _step_fn(task.train(), optimizer, x, y, amp_dtype) for name, task in tasks.items()}
 
-    split = tasks[f'tenet stage {args.stage}, every step'].get_trainable_module().split
     with torch.no_grad():
-        features = split.features(x).float()
+        features = ModelSplit(model, args.stage).features(x).float()
     grads = torch.randn_like(features)
 
     def grouping():
@@ -122,7 +132,8 @@ def main():
         ids = group_channels(features, 6)
         reversed_mask(features, grads, ids, 6)
 
-    parts = {'grouping': grouping, 'grouping + mask': mask_only}
+    # TENET's own maths, timed alone
+    parts = {'grouping': grouping, 'grouping + mask': mask_only} if 'tenet' in methods else {}
     names = [*steps, *parts]
     for step in steps.values():  # warm-up
         step()
