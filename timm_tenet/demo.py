@@ -15,13 +15,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .robustness import validation
 from .training.args import parse_train_args
 from .training.run import TrainResult, run_training, training_errors
 
-__all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'train_recipe']
+__all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'summary_table', 'train_recipe', 'versions']
 
 _logger = logging.getLogger('timm_tenet.demo')
 
@@ -75,24 +75,40 @@ def evaluate_robustness(
     return results_file
 
 
-def _robustness_report(results_file: Path) -> List[str]:
-    results = json.loads(results_file.read_text())
-    corruption_error = sum(r['top1_err'] for r in results['corruptions']) / len(results['corruptions'])
-    attacks = ', '.join(f"{r['attack'].upper()} {r['eps_text']} {r['top1_err']:.2f}%" for r in results['attacks'])
-    return [
-        f"test error: clean {results['clean']['top1_err']:.2f}%, mean corruption error {corruption_error:.2f}% "
-        f'({len(results["corruptions"])} corruption/severity pairs), under attack: {attacks}',
-        f'robustness results: {results_file}',
-    ]
+def versions() -> str:
+    """The software and hardware a figure was measured with, to print beside it."""
+    import platform
+
+    import timm
+    import torch
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
+    return f'torch {torch.__version__}, timm {timm.__version__}, {device}'
 
 
-def _report(result: TrainResult, seconds: float) -> List[str]:
-    top1 = result.eval_metrics.get('top1')
-    return [
-        f'TENET training of cifar_resnet18_tenet on digits: {result.epochs} epochs in {seconds:.0f} s',
-        f'validation top-1 {top1:.2f}% (best {result.best_metric:.2f}% at epoch {result.best_epoch})',
-        f'outputs: {result.output_dir} (args.yaml, summary.csv, model_best.pth.tar, train.log)',
+def summary_table(result: TrainResult, train_s: float, results_file: Optional[Path] = None,
+                  eval_s: Optional[float] = None) -> str:
+    """The demo's figures as one table, headed by the versions they were measured with, to compare a run against
+    the README's."""
+    rows = [
+        ('training', f'{result.epochs} epochs in {train_s:.0f} s'),
+        ('validation top-1, last epoch', f"{result.eval_metrics.get('top1', float('nan')):.2f}%"),
+        ('validation top-1, best', f'{result.best_metric:.2f}% at epoch {result.best_epoch}'),
     ]
+    if results_file is not None:
+        results = json.loads(results_file.read_text())
+        rows.append(('test error, clean', f"{results['clean']['top1_err']:.2f}% ({results['clean']['split']} split)"))
+        corruptions = results['corruptions']
+        rows.append(('test error, mean over corruptions',
+                     f"{sum(r['top1_err'] for r in corruptions) / len(corruptions):.2f}% ({len(corruptions)} "
+                     f'corruption/severity pairs)'))
+        rows += [(f"test error, {r['attack'].upper()}{'-' + str(r['steps']) if r['attack'] == 'pgd' else ''} "
+                  f"eps {r['eps_text']}", f"{r['top1_err']:.2f}% ({r['count']} images)") for r in results['attacks']]
+        rows.append(('evaluation', f'{eval_s:.0f} s'))
+    rows.append(('outputs', str(results_file or result.output_dir)))
+    width = max(len(what) for what, _ in rows)
+    lines = [f'make demo summary ({versions()})'] + [f'  {what:<{width}}  {value}' for what, value in rows]
+    return '\n'.join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -109,24 +125,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='attack only the first N test images (default: all)')
     args, extra = parser.parse_known_args(argv)
     output = Path(args.output)
-    lines: Dict[str, List[str]] = {}
     start = time.time()
     try:
         result = train_recipe(output, extra_args=extra)
     except training_errors() as e:
         _logger.error(str(e))
         return 1
-    lines['train'] = _report(result, time.time() - start)
+    train_s, results_file, eval_s = time.time() - start, None, None
     if args.robustness:
         try:
+            start = time.time()
             results_file = evaluate_robustness(Path(result.output_dir), args.severities, args.attack_samples)
-            lines['robustness'] = _robustness_report(results_file)
+            eval_s = time.time() - start
         except RuntimeError as e:
             _logger.error(str(e))
             return 1
-    print('\n'.join(line for section in lines.values() for line in section))
+    print(summary_table(result, train_s, results_file, eval_s), flush=True)
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())

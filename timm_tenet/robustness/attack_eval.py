@@ -78,7 +78,7 @@ def evaluate_attacks(
             attack = create_attack(name, radius, steps=steps, step_size=step_size, restarts=restarts,
                                    generator=generator)
             try:
-                result = robust_accuracy(model, loader, attack, device=device, progress=progress is not False,
+                result = robust_accuracy(model, loader, attack, device=device, progress=progress,
                                          desc=f'{name} eps {format_eps(radius)}')
             except ImportError as e:
                 raise EvaluationError(first_line(e)) from None

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from ..utils.progress import progress_bar
 
 __all__ = [
     'NormalizedModel', 'fgsm', 'pgd', 'autoattack', 'format_eps', 'parse_eps', 'create_attack', 'robust_accuracy',
@@ -258,7 +258,7 @@ def robust_accuracy(
         loader,
         attack: Attack,
         device: Optional[torch.device] = None,
-        progress: bool = True,
+        progress: Optional[bool] = None,
         desc: str = 'attack',
 ) -> Dict[str, float]:
     """Top-1 accuracy on clean and attacked inputs over a loader, batched.
@@ -272,7 +272,7 @@ def robust_accuracy(
             ``mean=(0, 0, 0), std=(1, 1, 1)``).
         attack: ``attack(model, x, y) -> x_adv``, e.g. from :func:`create_attack`.
         device: Where to run; the model's device when not given.
-        progress: Show a tqdm bar (it hides itself when stderr is not a terminal).
+        progress: A tqdm bar (None: on a terminal, else log lines; False: neither).
         desc: Label of the progress bar.
 
     Returns:
@@ -282,7 +282,7 @@ def robust_accuracy(
     clean_correct = torch.zeros((), dtype=torch.long, device=device)
     robust_correct = torch.zeros((), dtype=torch.long, device=device)
     count = 0
-    for x, y in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+    for x, y in progress_bar(loader, progress, desc=desc, leave=False):
         x, y = x.to(device), y.to(device)
         clean_hit = ~_fooled(model, x, y)
         robust_hit = clean_hit & ~_fooled(model, attack(model, x, y), y)

@@ -15,7 +15,8 @@ from .c_datasets import SEVERITIES, CifarCDataset, ImageNetCDataset, find_corrup
 from .corruptions import ALEXNET_ERRORS, EXTRA_CORRUPTIONS, corrupt
 from .loading import num_outputs
 from .options import EvaluationError
-from .variants import evaluate_variants, progress_bar
+from ..utils.progress import progress_bar
+from .variants import evaluate_variants
 
 __all__ = ['corruption_generator', 'corruption_variants', 'evaluate_corruption_dir', 'plan_corruption_dir']
 

@@ -6,22 +6,16 @@ from typing import Any, Callable, ContextManager, Dict, Hashable, Iterable, Mapp
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
-
+from ..utils.progress import progress_bar
 from .options import EvaluationError
 
-__all__ = ['evaluate_clean', 'evaluate_variants', 'metrics_row', 'progress_bar']
+__all__ = ['evaluate_clean', 'evaluate_variants', 'metrics_row']
 
 
 def metrics_row(top1: float, top5: float, digits: int = 4) -> Dict[str, float]:
     """timm's accuracy fields, percentages rounded as timm's validate.py."""
     return OrderedDict(top1=round(top1, digits), top1_err=round(100 - top1, digits),
                        top5=round(top5, digits), top5_err=round(100 - top5, digits))
-
-
-def progress_bar(iterable, progress: Optional[bool], **kwargs):
-    # progress None: tqdm decides (shown on a terminal only); True: always; False: never
-    return tqdm(iterable, disable=None if progress is None else not progress, dynamic_ncols=True, **kwargs)
 
 
 @torch.inference_mode()
@@ -47,7 +41,7 @@ def evaluate_variants(
         device: Where to run (default: the model's device).
         amp_autocast: Context of the forward passes (variants are computed outside it, in float32).
         channels_last: Feed channels-last inputs.
-        progress: Progress bar (None: on a terminal only).
+        progress: Progress bar (None: on a terminal, else log lines; False: neither).
         desc: Label of the progress bar.
         log_freq: Batches between updates of the bar's running top-1 (each one waits for the device).
 
