@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from timm_tenet import RscConfig, RscTask, TenetConfig, TenetTask
 from timm_tenet.inhibition import group_channels, reversed_mask
 from timm_tenet.split import ModelSplit
+from timm_tenet.utils.env import versions
 
 _STEPS_PER_SAMPLE = 3  # one period of the period-3 variant
 _VIEW_OPS = {'aten::' + name for name in (
@@ -169,7 +170,7 @@ def main():
         ],
     }
     print(f"{args.model}, batch {args.batch_size}, {args.img_size}px, {device}, {torch.get_num_threads()} threads, "
-          f"{'CPU' if args.cpu_time else 'wall'} time, inhibited map {tuple(features.shape)}")
+          f"{'CPU' if args.cpu_time else 'wall'} time, inhibited map {tuple(features.shape)}; {versions()}")
     print(f"{'what':<32} {'median s':>9} {'x plain step':>13} {'quartiles':>15} {'ATen ops':>9}")
     for row in results['rows']:
         low, high = row['x_plain_quartiles']

@@ -22,6 +22,7 @@ from timm.optim import create_optimizer_v2
 from timm_tenet import create_tenet_model, get_tenet_config
 from timm_tenet.training.engine import train_one_epoch
 from timm_tenet.training.factory import create_task
+from timm_tenet.utils.env import versions
 
 
 def _loop(tenet: bool, args, device: torch.device):
@@ -104,6 +105,7 @@ def main():
         results[f'{name}_cpu_ms_per_img'] = 1000 * statistics.median(c for _, c in measured) / images
     results['ratio_img_per_s'] = results['tenet_img_per_s'] / results['no-tenet_img_per_s']
     results['ratio_cpu_time'] = results['no-tenet_cpu_ms_per_img'] / results['tenet_cpu_ms_per_img']
+    print(f'measured with {versions()}')
     print(json.dumps(results, indent=1))
     print(f"TENET throughput = {results['ratio_img_per_s']:.3f}x the --no-tenet loop "
           f"({results['tenet_img_per_s']:.1f} vs {results['no-tenet_img_per_s']:.1f} img/s; CPU-time ratio "

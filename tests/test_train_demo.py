@@ -7,6 +7,7 @@ import yaml
 
 from timm_tenet import demo
 from timm_tenet.robustness.corruptions import CORRUPTIONS
+from timm_tenet.utils.env import versions
 
 
 def test_demo_trains_the_digits_recipe_and_reports_accuracy(tmp_path, monkeypatch, capsys, caplog):
@@ -23,7 +24,7 @@ def test_demo_trains_the_digits_recipe_and_reports_accuracy(tmp_path, monkeypatc
     assert (earlier / 'last.pth.tar').read_bytes() == b'an earlier demo'
     out = tmp_path / 'out' / 'digits_resnet18_tenet-1'
     printed = capsys.readouterr().out.splitlines()  # validate.py's tables, then the demo's summary
-    header = printed.index(f'make demo summary ({demo.versions()})')
+    header = printed.index(f'make demo summary ({versions()})')
     rows = {line[2:].split('  ')[0]: line.split('  ')[-1].strip() for line in printed[header + 1:]}
     assert rows['training'].startswith('1 epochs in ')
     assert rows['test error, clean'].endswith('% (test split)')

@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 from .robustness import validation
 from .training.args import parse_train_args
 from .training.run import TrainResult, run_training, training_errors
+from .utils.env import versions
 
-__all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'summary_table', 'train_recipe', 'versions']
+__all__ = ['DEFAULT_RECIPE', 'evaluate_robustness', 'find_recipe', 'main', 'summary_table', 'train_recipe']
 
 _logger = logging.getLogger('timm_tenet.demo')
 
@@ -73,17 +74,6 @@ def evaluate_robustness(
     if validation.main(argv) != 0:
         raise RuntimeError(f"robustness evaluation failed: validate.py {' '.join(argv)}")
     return results_file
-
-
-def versions() -> str:
-    """The software and hardware a figure was measured with, to print beside it."""
-    import platform
-
-    import timm
-    import torch
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f'CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads'
-    return f'torch {torch.__version__}, timm {timm.__version__}, {device}'
 
 
 def summary_table(result: TrainResult, train_s: float, results_file: Optional[Path] = None,
