@@ -153,7 +153,7 @@ def group_channels(
         centres_sq = points_sq.gather(1, seeds)
         # flat group index b * K + k: one index_add for the whole batch
         offsets = torch.arange(0, batch * num_groups, num_groups, device=points.device).unsqueeze(1)
-        flat_points, ones = points.view(-1, length), points.new_ones(batch * num_channels)
+        flat_points, ones = points.reshape(-1, length), points.new_ones(batch * num_channels)
         for _ in range(iters):
             flat_ids = (_nearest_centre(points, centres, centres_sq) + offsets).view(-1)
             sums, counts = _lloyd_totals(flat_points, ones, flat_ids, batch * num_groups)
