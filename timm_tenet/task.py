@@ -60,6 +60,17 @@ class TenetTrainableModule(SplitModule):
         self._kmeans_seed = torch.initial_seed()
         self._kmeans_generator: Optional[torch.Generator] = None
 
+    def kmeans_rng_state(self) -> Optional[Dict[str, Any]]:
+        """The k-means generator's device and state (None before the first TENET step), for checkpoints: a run
+        resumed from one draws the seeds the uninterrupted run would have drawn."""
+        if self._kmeans_generator is None:
+            return None
+        return {'device': str(self._kmeans_generator.device), 'state': self._kmeans_generator.get_state()}
+
+    def set_kmeans_rng_state(self, rng: Dict[str, Any]) -> None:
+        self._kmeans_generator = torch.Generator(device=rng['device'])
+        self._kmeans_generator.set_state(rng['state'])
+
     def _check_channels(self, maps: torch.Tensor) -> None:
         if not self._channels_checked:
             num_channels = maps.shape[1]
@@ -168,7 +179,11 @@ class TenetTask(SplitTask):
         return eval_model
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
-        return {'tenet_step': self.step, 'tenet_cfg': self.cfg.to_dict()}
+        state = {'tenet_step': self.step, 'tenet_cfg': self.cfg.to_dict()}
+        rng = unwrap_model(self.trainable_module).kmeans_rng_state()
+        if rng is not None and not ema:
+            state['kmeans_rng'] = rng
+        return state
 
     def load_task_state(
             self,
@@ -179,6 +194,8 @@ class TenetTask(SplitTask):
     ) -> None:
         if state and not ema:
             self.step = int(state.get('tenet_step', 0))
+            if state.get('kmeans_rng') is not None:
+                unwrap_model(self.trainable_module).set_kmeans_rng_state(state['kmeans_rng'])
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Clean (and on TENET steps, inhibited) forward and the joint loss.
