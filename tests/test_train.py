@@ -70,8 +70,10 @@ def test_tenet_run_writes_args_summary_and_checkpoints(data_dir, tmp_path):
     rows = _summary(out)
     assert [r['epoch'] for r in rows] == ['0', '1']
     assert {'train_loss', 'train_loss_clean', 'train_loss_inhibited', 'train_loss_orth', 'train_inhibited_frac',
-            'eval_loss', 'eval_top1', 'eval_top5', 'lr'} == set(rows[0]) - {'epoch'}
+            'train_tenet_steps', 'eval_loss', 'eval_top1', 'eval_top5', 'lr'} == set(rows[0]) - {'epoch'}
     assert float(rows[1]['train_loss_inhibited']) > 0 and 0 < float(rows[1]['train_inhibited_frac']) <= 1
+    # warm-up 2, period 2: calls 2 and 4 of the first epoch, then 6 and 8
+    assert [int(float(r['train_tenet_steps'])) for r in rows] == [2, 4]
     last = _load(out / 'last.pth.tar')
     assert last['epoch'] == 1 and last['task_state']['tenet_step'] == 8  # 2 epochs x 4 steps
     assert last['args']['tenet_num_groups'] == 2 and 'scheduler' in last
