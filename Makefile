@@ -1,5 +1,6 @@
 # Quick start: `make demo` trains and evaluates the embedded default, `make test` runs the suite.
-# Both create .venv and install the package into it on first use.
+# Both create .venv and install the package into it on first use; make test also installs the system
+# libraries the tests use (tools/install_system_deps.sh).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,7 @@ demo: $(VENV)/.installed
 	$(PY) -m timm_tenet.demo
 
 test: $(VENV)/.installed
+	bash tools/install_system_deps.sh
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
