@@ -172,10 +172,15 @@ class TenetTask(SplitTask):
             _logger.info(f'TenetTask: {self.cfg}')
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
-        """Compile ``F``, ``D``, the eval model and the channel grouping (one graph, no host reads)."""
+        """Compile ``F``, ``D``, the eval model and the channel grouping (one graph, no host reads).
+
+        The grouping compiles with static shapes unless ``dynamic`` is given: the k-means++ draw
+        ``randint(C, (B, 1))`` fails to trace with a symbolic channel count, which automatic dynamic shapes
+        produce once a process has compiled the grouping for a second map size.
+        """
         eval_model = super().compile(backend=backend, mode=mode, **compile_kwargs)
         unwrap_model(self.trainable_module).grouping_fn = torch.compile(
-            group_channels, backend=backend, mode=mode, **compile_kwargs)
+            group_channels, backend=backend, mode=mode, **{'dynamic': False, **compile_kwargs})
         return eval_model
 
     def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, Any]:
