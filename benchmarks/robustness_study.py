@@ -25,7 +25,8 @@ the paired difference to the baseline (same seeds) with its 95% t-interval.
 Order: the baseline seed 0 and the tuning grid first (they choose ``tenet_tuned`` and the eps grid), then
 seed 0 of every variant, seed 1 of every variant, ..., so partial results stay balanced. Each finished run's
 numbers land in ``docs/study/runs.json`` at once (atomic write); a rerun skips finished runs and trained
-checkpoints. A run whose settings equal a grid point's (``tenet`` and ``tenet_tuned`` at seed 0) reuses it.
+checkpoints, and continues an interrupted training at its last finished epoch (``--resume``; a resumed run's
+numbers equal an uninterrupted one's: one process, no loader workers). A run whose settings equal a grid point's (``tenet`` and ``tenet_tuned`` at seed 0) reuses it.
 
 Plan (2 CPU cores: 2 worker processes of one thread each, one run each at a time). Measured with one thread on
 this machine while other engineers' jobs loaded it (load 12-19 on 2 cores: wall clock ran ~6-12x the CPU time,
@@ -62,6 +63,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -153,18 +155,37 @@ def train(output: Path, recipe: str, args: Sequence[str], seed: int, epochs: Opt
     marker = run_dir / 'trained.json'
     if marker.exists():
         return json.loads(marker.read_text())
-    if run_dir.exists():  # interrupted mid-training: start the run again
-        shutil.rmtree(run_dir)
     extra = ['--seed', str(seed), *args, *(['--epochs', str(epochs)] if epochs else [])]
+    earlier_seconds = 0.0
+    if (run_dir / 'last.pth.tar').exists():  # interrupted mid-training: continue at the last finished epoch
+        extra += ['--resume', str(run_dir / 'last.pth.tar')]
+        earlier_seconds = logged_seconds(run_dir / 'train.log')
+    elif run_dir.exists():  # interrupted before its first epoch ended
+        shutil.rmtree(run_dir)
     start = time.time()
     train_recipe(output, recipe, name, extra)
-    seconds = time.time() - start
+    seconds = earlier_seconds + time.time() - start
     with open(run_dir / 'summary.csv') as f:
         last = list(csv.DictReader(f))[-1]
     info = dict(run_dir=str(run_dir), train_seconds=round(seconds, 1),
                 tenet_steps=int(float(last.get('train_tenet_steps') or 0)))
     write_json(marker, info)
     return info
+
+
+def logged_seconds(log: Path) -> float:
+    """Training seconds of the sittings a resumed run already had: per sitting (train.py appends to the log and
+    opens each sitting with 'Output folder:'), the span from its first to its last timestamped record."""
+    total, first, last = 0.0, None, None
+    for line in log.read_text().splitlines():
+        try:
+            stamp = datetime.strptime(line[:23], '%Y-%m-%d %H:%M:%S,%f')
+        except ValueError:
+            continue
+        if 'Output folder: ' in line and first is not None:
+            total, first = total + (last - first).total_seconds(), None
+        first, last = first or stamp, stamp
+    return total + ((last - first).total_seconds() if first else 0.0)
 
 
 def evaluate(run_dir: str, split: str, eps: Sequence[str]) -> Dict[str, Any]:

@@ -168,3 +168,34 @@ def test_variants_are_data_driven_and_rsc_joins_when_train_has_the_flag(study):
         ('baseline', 0), ('tenet', 0), ('tenet_tuned', 0), ('random_erasing', 0), ('baseline', 1)]
     assert [(v.name, s) for v, s in order[-2:]] == [('baseline', 4), ('tenet', 4)] and len(order) == 16
     assert study.train_has_flag('--tenet-weight') and not study.train_has_flag('--no-such-flag')
+
+
+def test_an_interrupted_training_resumes_and_counts_every_sitting(study, tmp_path, monkeypatch):
+    import timm_tenet.demo
+    calls = []
+
+    def fake_train_recipe(output, recipe, experiment, extra_args):
+        calls.append(list(extra_args))
+        (Path(output) / experiment / 'summary.csv').write_text('epoch,train_tenet_steps\n0,10\n1,20\n')
+
+    monkeypatch.setattr(timm_tenet.demo, 'train_recipe', fake_train_recipe)
+    run_dir = tmp_path / 'mnist5k_resnet20_tenet_tenetweight0.1_seed3'
+    run_dir.mkdir()
+    (run_dir / 'last.pth.tar').write_bytes(b'')
+    (run_dir / 'train.log').write_text(
+        '2026-12-02 10:00:00,000 train [INFO] Output folder: x\n'
+        '2026-12-02 10:00:30,500 engine [INFO] Train: 0\n'
+        'a line without a timestamp\n'
+        '2026-12-02 11:00:00,000 train [INFO] Output folder: x\n'  # a second sitting an hour later
+        '2026-12-02 11:00:10,000 engine [INFO] Train: 1\n')
+    info = study.train(tmp_path, 'mnist5k_resnet20_tenet.yaml', ('--tenet-weight', '0.1'), 3, None)
+    assert calls == [['--seed', '3', '--tenet-weight', '0.1', '--resume', str(run_dir / 'last.pth.tar')]]
+    assert info['tenet_steps'] == 20 and 40.5 <= info['train_seconds'] < 45  # 30.5 + 10 logged, the gap left out
+
+    (run_dir / 'trained.json').unlink()
+    (run_dir / 'last.pth.tar').unlink()  # stopped before its first checkpoint: trained again from scratch
+    monkeypatch.setattr(timm_tenet.demo, 'train_recipe', lambda output, recipe, experiment, extra_args: (
+        calls.append(list(extra_args)), (Path(output) / experiment).mkdir(),
+        (Path(output) / experiment / 'summary.csv').write_text('epoch,train_tenet_steps\n0,5\n')))
+    assert study.train(tmp_path, 'mnist5k_resnet20_tenet.yaml', ('--tenet-weight', '0.1'), 3, None)['tenet_steps'] == 5
+    assert calls[-1] == ['--seed', '3', '--tenet-weight', '0.1']
