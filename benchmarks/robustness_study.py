@@ -463,7 +463,7 @@ def conclusion(summary: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
 
 
 def readme_section(runs: Sequence[Dict[str, Any]], tuning: Dict[str, Any], timing: Dict[str, Any],
-                   summary: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
+                   summary: Dict[str, Dict[str, Dict[str, Any]]], reading: str = '') -> str:
     corruptions = sorted({name for run in runs for name in run['corruption_errors']})
     grid_rows = '\n'.join(
         f"| {p['weight']:g} | {p['period']} | {p['stage']} | {p['clean_error']:.2f} | {p['mean_corruption_error']:.2f} "
@@ -491,7 +491,7 @@ Each cell: mean +- std over seeds; below it, for the regularisers, the paired di
 {markdown_table(summary)}
 **Conclusion, from these numbers:**
 
-{conclusion(summary)}
+{conclusion(summary)}{reading}
 ![error against corruption severity and against eps, 95% bands](docs/study/robustness.png)
 
 ![Grad-CAM: input, baseline, TENET on MNIST-5k test images (seed 0)](docs/study/cam.png)
@@ -527,7 +527,8 @@ def render_cam(runs: Sequence[Dict[str, Any]], output: Path, path: Path) -> None
 
 
 def report(docs: Path, output: Path, readme: Optional[Path], with_cam: bool = True) -> str:
-    """Write ``docs/results.md``, ``robustness.png`` (and ``cam.png``) and the README section from the JSON files."""
+    """Write ``docs/results.md``, ``robustness.png`` (and ``cam.png``) and the README section from the JSON files
+    (and ``docs/reading.md``, a hand-written reading of them, placed under the generated conclusion)."""
     runs = read_json(docs / 'runs.json', {'runs': []})['runs']
     if not runs:
         return ''
@@ -537,7 +538,9 @@ def report(docs: Path, output: Path, readme: Optional[Path], with_cam: bool = Tr
     plot(runs, docs / 'robustness.png')
     if with_cam:
         render_cam(runs, output, docs / 'cam.png')
-    section = readme_section(runs, tuning, timing, summary)
+    notes = docs / 'reading.md'  # the author's plain-words reading of the numbers and pictures, if written
+    reading = f'\n{notes.read_text().strip()}\n' if notes.exists() else ''
+    section = readme_section(runs, tuning, timing, summary, reading)
     (docs / 'results.md').write_text(section)
     if readme is not None and readme.exists():
         text = readme.read_text()

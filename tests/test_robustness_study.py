@@ -146,6 +146,11 @@ def test_study_tunes_runs_interleaved_resumes_and_reports(study, tmp_path, monke
     with Image.open(docs / 'robustness.png') as png:
         assert png.size[0] > 1000 and png.size[1] > 400
     assert json.loads((docs / 'timing.json').read_text())['sittings'] == 1
+    (docs / 'reading.md').write_text('In plain words: nothing yet.\n')
+    assert study.main([*argv, '--report']) == 0
+    section = readme.read_text()
+    assert section.index('**Conclusion, from these numbers:**') < section.index('In plain words: nothing yet.') \
+        < section.index('![error against corruption severity')
 
     trained.clear()
     evaluated.clear()
