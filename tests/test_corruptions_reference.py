@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from corruption_reference import ref_clipped_zoom, to_255, to_tensor
 from timm_tenet.robustness.corruptions import corrupt
 from timm_tenet.robustness.corruptions.blur import apply_glass_blur, apply_motion_blur
 from timm_tenet.robustness.corruptions.weather import FROST_FILES, apply_frost, apply_snow
@@ -23,7 +24,6 @@ from timm_tenet.robustness.corruptions.weather import FROST_FILES, apply_frost, 
 cv2 = pytest.importorskip('cv2')
 skimage_data = pytest.importorskip('skimage.data')
 from skimage.filters import gaussian  # noqa: E402
-from scipy.ndimage import zoom as scizoom  # noqa: E402
 
 SEVERITIES = (1, 2, 3, 4, 5)
 DATASETS = ('cifar', 'imagenet')
@@ -54,14 +54,6 @@ def photos(dataset: str, count: int) -> np.ndarray:
     if dataset not in _PHOTO_CACHE:
         _PHOTO_CACHE[dataset] = _photos(dataset)
     return _PHOTO_CACHE[dataset][:count]
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-
-
-def to_255(x: torch.Tensor) -> np.ndarray:
-    return x.permute(0, 2, 3, 1).double().numpy() * 255
 
 
 # ---- the reference, one image at a time (uint8 H x W x 3 in, float 0..255 out) ----
@@ -120,15 +112,6 @@ def ref_motion_blur(img, c, angle):
     if x.ndim == 3:
         return np.clip(x[..., [2, 1, 0]], 0, 255).astype(np.float64)  # BGR to RGB
     return np.clip(np.stack([x, x, x], axis=-1), 0, 255).astype(np.float64)  # greyscale to RGB
-
-
-def ref_clipped_zoom(img, zoom_factor):
-    h = img.shape[0]
-    ch = int(np.ceil(h / zoom_factor))
-    top = (h - ch) // 2
-    img = scizoom(img[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
-    trim_top = (img.shape[0] - h) // 2
-    return img[trim_top:trim_top + h, trim_top:trim_top + h]
 
 
 def ref_snow(img, c, noise, angle):

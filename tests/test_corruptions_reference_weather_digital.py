@@ -16,9 +16,9 @@ import skimage as sk
 import torch
 from PIL import Image
 from scipy.ndimage import map_coordinates
-from scipy.ndimage import zoom as scizoom
 from skimage.filters import gaussian
 
+from corruption_reference import ref_clipped_zoom, to_255, to_tensor
 from timm_tenet.robustness.corruptions import _REGISTRY, corrupt
 
 SIZES = {'cifar': (3, 32), 'imagenet': (2, 224)}  # batch, side: each constant set at its native resolution
@@ -35,15 +35,6 @@ def _photos(batch: int, size: int) -> np.ndarray:
         square = Image.fromarray(photo[:side, :side])
         out.append(np.asarray(square.resize((size, size), Image.BILINEAR)))
     return np.stack(out)
-
-
-def _tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.tensor(images).permute(0, 3, 1, 2).float() / 255
-
-
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    """B x C x H x W in [0, 1] -> B x H x W x C float64 in [0, 255], as the reference returns."""
-    return x.permute(0, 2, 3, 1).double().numpy() * 255
 
 
 def _params(name: str, dataset: str, severity: int):
@@ -158,20 +149,11 @@ def _saturate(image, c, rng=None):
     return np.clip(sk.color.hsv2rgb(x), 0, 1) * 255
 
 
-def _clipped_zoom(img, zoom_factor):
-    h = img.shape[0]
-    ch = int(np.ceil(h / zoom_factor))
-    top = (h - ch) // 2
-    img = scizoom(img[top:top + ch, top:top + ch], (zoom_factor, zoom_factor, 1), order=1)
-    trim_top = (img.shape[0] - h) // 2
-    return img[trim_top:trim_top + h, trim_top:trim_top + h]
-
-
 def _zoom_blur(image, c, rng=None):
     x = (np.array(image) / 255.).astype(np.float32)
     out = np.zeros_like(x)
     for zoom_factor in np.arange(*c):
-        out += _clipped_zoom(x, zoom_factor)
+        out += ref_clipped_zoom(x, zoom_factor)
     return np.clip((x + out) / (len(np.arange(*c)) + 1), 0, 1) * 255
 
 
@@ -213,7 +195,7 @@ TOLERANCE = {'fog': 0.01, 'elastic_transform': 0.01, 'spatter': 0.01, 'saturate'
 def test_equals_reference_given_the_same_random_numbers(name, dataset, severity):
     batch, size = SIZES[dataset]
     images = _photos(batch, size)
-    ours = _numpy(corrupt(_tensor(images), name, severity, generator=torch.Generator().manual_seed(7),
+    ours = to_255(corrupt(to_tensor(images), name, severity, generator=torch.Generator().manual_seed(7),
                           dataset=dataset))
     params = _params(name, dataset, severity)
     for image, out, draws in zip(images, ours, _replayed_draws(name, batch, size, seed=7)):
@@ -227,7 +209,7 @@ def test_saturate_of_grey_and_black_follows_skimage_hue_zero():
     image = np.array([[[0, 0, 0], [128, 128, 128], [255, 255, 255], [255, 0, 0]]], dtype=np.uint8)
     for severity in SEVERITIES:
         params = _params('saturate', 'imagenet', severity)
-        out = _numpy(corrupt(_tensor(image[None]), 'saturate', severity, dataset='imagenet'))[0]
+        out = to_255(corrupt(to_tensor(image[None]), 'saturate', severity, dataset='imagenet'))[0]
         np.testing.assert_allclose(out, _saturate(image, params), atol=1e-3)
     # severity 5 adds 0.2 saturation: grey turns red (hue 0) as in skimage
     np.testing.assert_allclose(out[0, 1], [128, 128 * 0.8, 128 * 0.8], atol=1e-3)
@@ -244,7 +226,7 @@ def test_random_draws_match_reference_in_distribution(name):
     """Ours on a torch.Generator against the reference on np.random, 48 CIFAR-size photos at severity 3:
     per-image statistics agree within 4 standard errors of the difference of means."""
     images = _photos(3, 32).repeat(16, axis=0)
-    ours = _stats(images, _numpy(corrupt(_tensor(images), name, 3, generator=torch.Generator().manual_seed(0))))
+    ours = _stats(images, to_255(corrupt(to_tensor(images), name, 3, generator=torch.Generator().manual_seed(0))))
     rng = np.random.RandomState(0)
     params = _params(name, 'cifar', 3)
     theirs = _stats(images, np.stack([REFERENCES[name](image, params, rng) for image in images]))
@@ -253,20 +235,20 @@ def test_random_draws_match_reference_in_distribution(name):
 
 
 def test_released_cifar_is_np_uint8_of_the_float_result():
-    x = _tensor(_photos(3, 32))
+    x = to_tensor(_photos(3, 32))
     exact = corrupt(x, 'fog', 3, generator=torch.Generator().manual_seed(1))
     stored = corrupt(x, 'fog', 3, generator=torch.Generator().manual_seed(1), released=True)
-    expected = np.uint8(_numpy(exact))  # what make_cifar_c.py saved
-    np.testing.assert_array_equal(np.round(_numpy(stored)).astype(np.uint8), expected)
+    expected = np.uint8(to_255(exact))  # what make_cifar_c.py saved
+    np.testing.assert_array_equal(np.round(to_255(stored)).astype(np.uint8), expected)
     assert (exact - stored).min() >= 0 and (exact - stored).max() < 1 / 255
 
 
 def test_released_imagenet_is_the_pillow_jpeg_85_of_the_truncated_result():
-    x = _tensor(_photos(2, 224))
+    x = to_tensor(_photos(2, 224))
     exact = corrupt(x, 'spatter', 3, generator=torch.Generator().manual_seed(1), dataset='imagenet')
     stored = corrupt(x, 'spatter', 3, generator=torch.Generator().manual_seed(1), dataset='imagenet', released=True)
-    for image, ours in zip(np.uint8(_numpy(exact)), np.round(_numpy(stored)).astype(np.uint8)):
+    for image, ours in zip(np.uint8(to_255(exact)), np.round(to_255(stored)).astype(np.uint8)):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format='JPEG', quality=85, optimize=True)  # make_imagenet_c.py's save
         np.testing.assert_array_equal(ours, np.asarray(Image.open(buffer).convert('RGB')))
-    assert 0.5 < np.abs(_numpy(stored) - _numpy(exact)).mean() < 5  # JPEG moves values by a step or two
+    assert 0.5 < np.abs(to_255(stored) - to_255(exact)).mean() < 5  # JPEG moves values by a step or two
