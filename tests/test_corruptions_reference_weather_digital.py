@@ -20,6 +20,8 @@ from skimage.filters import gaussian
 
 from corruption_reference import ref_clipped_zoom, to_255, to_tensor
 from timm_tenet.robustness.corruptions import _REGISTRY, corrupt
+from timm_tenet.robustness.corruptions._filters import clipped_zoom
+from timm_tenet.robustness.corruptions.blur import zoom_blur
 
 SIZES = {'cifar': (3, 32), 'imagenet': (2, 224)}  # batch, side: each constant set at its native resolution
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -203,6 +205,15 @@ def test_equals_reference_given_the_same_random_numbers(name, dataset, severity)
         assert np.abs(reference - out).max() <= TOLERANCE[name]
         # the stored values (np.uint8 of the float result) agree within one step
         assert np.abs(np.uint8(reference).astype(int) - np.uint8(out)).max() <= 1
+
+
+def test_zoom_blur_matrix_form_equals_the_interpolated_zooms_on_non_square_images():
+    """Small images are zoom-blurred by one matrix product, larger ones zoom by zoom (the form compared with
+    the reference at 224 px above); both agree, rows and columns apart."""
+    x = torch.rand(2, 3, 20, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    factors = np.arange(*_params('zoom_blur', 'cifar', 5))
+    expected = (x + sum(clipped_zoom(x, float(f)) for f in factors)) / (len(factors) + 1)
+    torch.testing.assert_close(zoom_blur(x, _params('zoom_blur', 'cifar', 5)), expected, rtol=0, atol=1e-12)
 
 
 def test_saturate_of_grey_and_black_follows_skimage_hue_zero():

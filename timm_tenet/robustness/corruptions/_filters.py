@@ -143,15 +143,34 @@ def gaussian_filter_scipy_order(x: torch.Tensor, sigma: float, mode: str, trunca
     return x
 
 
+def _zoom_geometry(size: int, factor: float) -> Tuple[int, int, int, int]:
+    """Along one axis of ``clipped_zoom``: the centre crop (length, start) that is zoomed, the zoomed length
+    and the start of the kept window in it."""
+    crop = math.ceil(size / factor)
+    zoomed = round(crop * factor)
+    return crop, (size - crop) // 2, zoomed, (zoomed - size) // 2
+
+
 def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Centre zoom by ``factor`` >= 1 keeping the size, as ImageNet-C's ``clipped_zoom`` (scipy ``zoom``, order 1)."""
-    h, w = x.shape[-2:]
-    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    size = (round(ch * factor), round(cw * factor))
-    zoomed = F.interpolate(x[..., top:top + ch, left:left + cw], size=size, mode='bilinear', align_corners=True)
-    top, left = (size[0] - h) // 2, (size[1] - w) // 2
-    return zoomed[..., top:top + h, left:left + w]
+    (ch, top, zh, trim_top), (cw, left, zw, trim_left) = (_zoom_geometry(n, factor) for n in x.shape[-2:])
+    zoomed = F.interpolate(x[..., top:top + ch, left:left + cw], size=(zh, zw), mode='bilinear', align_corners=True)
+    return zoomed[..., trim_top:trim_top + x.shape[-2], trim_left:trim_left + x.shape[-1]]
+
+
+def clipped_zoom_matrix(size: int, factor: float) -> torch.Tensor:
+    """``clipped_zoom`` along one axis as a float64 ``size x size`` matrix (two taps a row): scipy's order-1
+    ``zoom`` samples the crop at ``i * (crop - 1) / (zoomed - 1)`` for zoomed pixel ``i``."""
+    crop, start, zoomed, trim = _zoom_geometry(size, factor)
+    pos = torch.arange(trim, trim + size, dtype=torch.float64) * ((crop - 1) / max(zoomed - 1, 1))
+    low = pos.floor().clamp(max=max(crop - 2, 0))
+    frac = pos - low
+    rows, low = torch.arange(size), start + low.long()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    matrix[rows, low] = 1 - frac
+    if crop > 1:
+        matrix[rows, low + 1] += frac
+    return matrix
 
 
 def motion_blur_8bit(x: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor) -> torch.Tensor:

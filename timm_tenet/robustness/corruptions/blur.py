@@ -5,6 +5,7 @@ Each reproduces the kernel and the border rule of the library the reference call
 from a ``torch.Generator`` on the input's device (their draws match the reference's in distribution) and
 hand the draws to an ``apply_*`` function, which equals the reference given the same draws.
 """
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ._filters import (
-    clipped_zoom, correlate, gaussian_filter, gaussian_filter_scipy_order, gaussian_kernel1d, motion_blur_8bit)
+    clipped_zoom, clipped_zoom_matrix, correlate, gaussian_filter, gaussian_filter_scipy_order, gaussian_kernel1d,
+    motion_blur_8bit)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -40,10 +42,40 @@ def defocus_blur(
     return correlate(x, _disk_kernel(*params), 'reflect101')
 
 
+# Images of up to this many pixels are zoom-blurred by one dense matrix product (see zoom_blur)
+_DENSE_ZOOM_PIXELS = 48 * 48
+
+
+@functools.lru_cache(maxsize=5)  # one per severity
+def _zoom_blur_operator(
+        h: int, w: int, factors: Tuple[float, float, float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (h * w) x (h * w) matrix ``A`` with ``zoom_blur(x) = x.flatten(-2) @ A``: the mean over the image
+    (its zoom by 1) and its zooms of ``R_z ⊗ C_z``, the row and column interpolations, built in float64."""
+    zooms = [1.0] + [float(f) for f in np.arange(*factors)]
+    rows = torch.stack([clipped_zoom_matrix(h, z) for z in zooms])
+    cols = torch.stack([clipped_zoom_matrix(w, z) for z in zooms])
+    operator = torch.einsum('zik,zjl->klij', rows, cols).reshape(h * w, h * w) / len(zooms)
+    with torch.inference_mode(False):  # usable outside inference mode too, e.g. under autograd
+        return operator.to(device, dtype)
+
+
 def zoom_blur(
         x: torch.Tensor, factors: Tuple[float, float, float],
         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Average of the image and its centre zooms by ``numpy.arange(*factors)``."""
+    """Average of the image and its centre zooms by ``numpy.arange(*factors)``.
+
+    The average is linear in the image, so up to ``_DENSE_ZOOM_PIXELS`` pixels it is one product with a cached
+    (h * w) x (h * w) matrix (4 MB at 32 px in float32): at 32 px with 26 zooms (CIFAR severity 5) that one
+    well-shaped GEMM runs about 3.5x faster on the CPU than 26 bilinear interpolations of the batch, though it
+    multiplies mostly zeros. Its cost grows with the square of the pixel count and the interpolations' only
+    linearly; on the CPU both cost about the same at 56 px, so larger images, ImageNet's 224 px among them (a
+    50176-square matrix), are zoomed one interpolation at a time. Two stacked matrix products (every zoom's
+    columns at once, then their rows) were slower than both, at 32 and at 224 px.
+    """
+    h, w = x.shape[-2:]
+    if h * w <= _DENSE_ZOOM_PIXELS:
+        operator = _zoom_blur_operator(h, w, tuple(factors), x.device, x.dtype)
+        return (x.reshape(-1, h * w) @ operator).view(x.shape)
     zooms = np.arange(*factors)
     out = x.clone()
     for factor in zooms:
