@@ -240,3 +240,53 @@ def test_group_channels_compiles_to_one_graph():
     torch.manual_seed(5)
     compiled = torch.compile(group_channels, backend='aot_eager', fullgraph=True)(features, 6, iters=2)
     assert torch.equal(compiled, expected)
+
+
+def grouping_before_op_folding(features, num_groups, medoid, generator, iters=10):
+    """``group_channels`` as it was before its ops were folded (commit 6e956c8): separate gathers for a
+    channel and its norm, ``index_add`` for sums and counts, ``minimum`` of clamped distances."""
+    from timm_tenet.inhibition import _nearest_centre, _snap_to_channels
+    points = torch.nan_to_num(features.flatten(2).float(), nan=0.0, posinf=0.0, neginf=0.0)
+    batch, channels, length = points.shape
+    points_sq = points.pow(2).sum(-1)
+
+    def distances(picks):
+        picked = points.gather(1, picks.unsqueeze(-1).expand(-1, -1, length))
+        offset = (points_sq + points_sq.gather(1, picks)).unsqueeze(-1)
+        return torch.baddbmm(offset, points, picked.transpose(1, 2), alpha=-2).squeeze(-1)
+
+    picks = torch.randint(channels, (batch, 1), generator=generator)
+    uniforms = torch.rand(num_groups - 1, batch, generator=generator).t()
+    weights = distances(picks).clamp_min(1e-30).scatter(1, picks, 0.0)
+    for draw in range(num_groups - 1):
+        cdf = weights.cumsum(1)
+        pick = torch.searchsorted(cdf, uniforms[:, draw:draw + 1] * cdf[:, -1:], right=True).clamp_max_(channels - 1)
+        picks = torch.cat([picks, pick], dim=1)
+        weights = torch.minimum(weights, distances(pick).clamp_min_(1e-30)).scatter_(1, pick, 0.0)
+    centres = points.gather(1, picks.unsqueeze(-1).expand(-1, -1, length))
+    centres_sq = points_sq.gather(1, picks)
+    offsets = torch.arange(0, batch * num_groups, num_groups).unsqueeze(1)
+    flat_points, ones = points.reshape(-1, length), points.new_ones(batch * channels)
+    for _ in range(iters):
+        flat_ids = (_nearest_centre(points, centres, centres_sq) + offsets).view(-1)
+        sums = flat_points.new_zeros(batch * num_groups, length).index_add_(0, flat_ids, flat_points)
+        counts = ones.new_zeros(batch * num_groups).index_add_(0, flat_ids, ones).unsqueeze(1)
+        means = torch.where(counts > 0, sums / counts.clamp_min(1), centres.view(-1, length)).view(centres.shape)
+        if medoid:
+            snapped = _snap_to_channels(points, points_sq, means)
+            centres = points.gather(1, snapped.unsqueeze(-1).expand(-1, -1, length))
+            centres_sq = points_sq.gather(1, snapped)
+        else:
+            centres, centres_sq = means, means.pow(2).sum(-1)
+    return _nearest_centre(points, centres, centres_sq)
+
+
+@pytest.mark.parametrize('medoid', [True, False])
+def test_folded_grouping_gives_the_ids_of_the_grouping_before(medoid):
+    for seed, shape, num_groups in [(0, (4, 64, 14, 14), 6), (1, (8, 30, 7, 7), 3), (2, (2, 512, 4, 4), 9)]:
+        features = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).relu()
+        features[:, ::5] = 0  # dead channels: exact distance ties, resolved to the lowest index
+        features[:, 1] = features[:, 2]  # a duplicated channel
+        ids = group_channels(features, num_groups, medoid=medoid, generator=torch.Generator().manual_seed(seed))
+        expected = grouping_before_op_folding(features, num_groups, medoid, torch.Generator().manual_seed(seed))
+        assert torch.equal(ids, expected)
