@@ -200,3 +200,14 @@ def test_torchcompile_mode_without_torchcompile_is_refused_before_training(tmp_p
     with pytest.raises(TrainingError, match=r'^--torchcompile-mode needs --torchcompile \[BACKEND\]$'):
         run_training(args)
     assert not any(tmp_path.iterdir())
+
+
+def test_eager_torchcompile_with_grad_checkpointing_is_refused_before_training(tmp_path):
+    from timm_tenet.training.run import run_training
+    args, _ = parse_train_args(['--model', 'test_resnet', '--torchcompile', 'eager', '--grad-checkpointing',
+                                '--output', str(tmp_path), '--dataset', 'sklearn/digits'])
+    with pytest.raises(TrainingError, match=r"^--torchcompile eager cannot train test_resnet with --grad-checkpointing "
+                                            r"\(PyTorch's eager backends .*\): use --torchcompile aot_eager \(debugging\) "
+                                            r"or inductor, or drop --grad-checkpointing$"):
+        run_training(args)
+    assert not any(tmp_path.iterdir())

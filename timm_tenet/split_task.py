@@ -21,12 +21,30 @@ from timm.utils import unwrap_model
 from .split import ModelSplit
 from .utils.modes import eval_mode
 
-__all__ = ['LOGIT_GRAD_SCALE', 'SplitModule', 'SplitTask', 'frozen_batchnorm_stats', 'is_soft', 'target_logit_sum']
+__all__ = ['EAGER_BACKEND_LIMIT', 'LOGIT_GRAD_SCALE', 'SplitModule', 'SplitTask', 'compile_backend_fails',
+           'frozen_batchnorm_stats', 'is_soft', 'target_logit_sum']
 
 # Constant scale of the summed logits before their gradient w.r.t. ``A`` is taken: under float16 autocast
 # about 8% of the non-zero values of that gradient on an untrained ResNet-18 fall below float16's normal
 # range unscaled. A power of two, so that dividing the float32 result back is exact.
 LOGIT_GRAD_SCALE = 2.0 ** 10
+
+
+# torch.compile backends that run Dynamo's graphs without AOTAutograd. They run a checkpointed region
+# (``tag_activation_checkpoint``) as ``torch.utils.checkpoint`` over the region's graph inputs, which include
+# BatchNorm's buffers; BatchNorm then increments ``num_batches_tracked`` in place and the backward fails
+# ("modified by an inplace operation"), with or without TENET. AOTAutograd backends functionalise the update.
+_EAGER_BACKENDS = ('eager', 'eager_debug', 'eager_noexcept', 'pre_dispatch_eager')
+EAGER_BACKEND_LIMIT = ("PyTorch's eager backends save BatchNorm's buffers for the recomputation, then BatchNorm "
+                       "updates them in place")
+
+
+def compile_backend_fails(model: nn.Module, backend: str) -> bool:
+    """Whether ``torch.compile`` with ``backend`` cannot train ``model``: an eager backend, gradient
+    checkpointing and BatchNorm layers that track running statistics."""
+    checkpointed = any(getattr(m, 'grad_checkpointing', False) for m in model.modules())
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+    return backend in _EAGER_BACKENDS and checkpointed and batchnorm
 
 
 @contextmanager
@@ -143,9 +161,13 @@ class SplitTask(ClassificationTask):
         ``torch.autograd.grad`` of the mask-gradient pass runs outside the compiled graphs and passes
         through the compiled ``D`` like any autograd function; ``D``'s train, eval-mode and
         frozen-statistics runs are separate cached graphs (module modes are guarded). The step itself
-        (mode switches, the gradient call) stays eager.
+        (mode switches, the gradient call) stays eager. PyTorch's eager backends (``'eager'`` ...) cannot
+        train a model with BatchNorm and gradient checkpointing, plain or TENET: that is refused here.
         """
         trainable = unwrap_model(self.trainable_module)
+        if compile_backend_fails(trainable.model, backend):
+            raise ValueError(f"torch.compile backend '{backend}' cannot train with gradient checkpointing through "
+                             f"BatchNorm ({EAGER_BACKEND_LIMIT}): use 'aot_eager' or 'inductor'.")
         trainable.features_fn = torch.compile(trainable.split.features, backend=backend, mode=mode, **compile_kwargs)
         trainable.rest_fn = torch.compile(trainable.split.rest, backend=backend, mode=mode, **compile_kwargs)
         self.eval_model = torch.compile(trainable.model, backend=backend, mode=mode, **compile_kwargs)

@@ -26,6 +26,7 @@ from ..utils.checkpoint import CheckpointError, load_checkpoint_file, recorded_a
 from ..utils.cli import ConfigError, args_to_dict, args_to_yaml, config_dests
 from ..utils.errors import first_line
 from ..utils.io import atomic_write_text
+from ..split_task import EAGER_BACKEND_LIMIT, compile_backend_fails
 from ..task import TenetTask
 from .adversarial import AdversarialConfig, adversarial_training
 from .args import build_train_parser
@@ -193,6 +194,10 @@ def _build_task(args: argparse.Namespace, runtime: _Runtime) -> _Training:
     if args.torchcompile_mode and not args.torchcompile:
         raise TrainingError('--torchcompile-mode needs --torchcompile [BACKEND]')
     model = create_model(args)
+    if args.torchcompile and compile_backend_fails(model, args.torchcompile):
+        raise TrainingError(f'--torchcompile {args.torchcompile} cannot train {args.model} with --grad-checkpointing '
+                            f'({EAGER_BACKEND_LIMIT}): use --torchcompile aot_eager (debugging) or inductor, or drop '
+                            f'--grad-checkpointing')
     tenet_cfg = resolve_tenet_config(args, model)
     method_cfg = resolve_rsc_config(args, tenet_cfg) or tenet_cfg
     if runtime.primary:
