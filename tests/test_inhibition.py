@@ -290,3 +290,9 @@ def test_folded_grouping_gives_the_ids_of_the_grouping_before(medoid):
         ids = group_channels(features, num_groups, medoid=medoid, generator=torch.Generator().manual_seed(seed))
         expected = grouping_before_op_folding(features, num_groups, medoid, torch.Generator().manual_seed(seed))
         assert torch.equal(ids, expected)
+
+
+def test_group_channels_takes_non_contiguous_maps():
+    maps = torch.randn(2, 49, 32, generator=torch.Generator().manual_seed(0)).relu().transpose(1, 2)  # ViT tokens
+    ids = group_channels(maps, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ids, group_channels(maps.contiguous(), 4, generator=torch.Generator().manual_seed(1)))

@@ -177,7 +177,7 @@ def group_channels(
         centres, centres_sq = _gather_rows(table, _kmeans_plus_plus(points, points_sq, table, num_groups, generator))
         # flat group index b * K + k: one index_add for the whole batch
         offsets = torch.arange(0, batch * num_groups, num_groups, device=points.device).unsqueeze(1)
-        flat_points, ones = points.view(batch * num_channels, length), points.new_ones(batch * num_channels)
+        flat_points, ones = points.reshape(-1, length), points.new_ones(batch * num_channels)
         zero_sums, zero_counts = points.new_zeros(batch, num_groups, length), points.new_zeros(batch, num_groups, 1)
         for _ in range(iters):
             flat_ids = (_nearest_centre(points, centres, centres_sq) + offsets).view(-1)
