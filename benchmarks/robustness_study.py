@@ -394,7 +394,8 @@ def _band(values: List[List[float]]) -> Tuple[Any, Any]:
 
 
 def plot(runs: Sequence[Dict[str, Any]], path: Path) -> None:
-    """Error against corruption severity (0 = clean) and against eps, mean and 95% confidence band per variant."""
+    """Error against corruption severity (0 = clean), against FGSM eps and against PGD-10 eps: mean and 95%
+    confidence band per variant (the band clipped to the 0-100% an error can take)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -402,29 +403,32 @@ def plot(runs: Sequence[Dict[str, Any]], path: Path) -> None:
     by_variant: Dict[str, List[Dict[str, Any]]] = {}
     for run in runs:
         by_variant.setdefault(run['variant'], []).append(run)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+
+    def draw(ax: Any, x: Sequence[float], rows: List[List[float]], colour: str, label: str) -> None:
+        mean, half = _band(rows)
+        ax.plot(x, mean, 'o-', color=colour, label=label)
+        ax.fill_between(x, (mean - half).clip(0, 100), (mean + half).clip(0, 100), color=colour, alpha=0.15)
+
     x_sev = [0, *SEVERITIES]
     for variant, variant_runs in by_variant.items():
-        colour = COLOURS.get(variant, 'tab:gray')
-        rows = [[r['clean_error']] + [statistics.fmean(e[i] for e in r['corruption_errors'].values())
-                                      for i in range(len(SEVERITIES))] for r in variant_runs]
-        mean, half = _band(rows)
-        left.plot(x_sev, mean, 'o-', color=colour, label=f'{variant} (n={len(rows)})')
-        left.fill_between(x_sev, mean - half, mean + half, color=colour, alpha=0.2)
+        colour, label = COLOURS.get(variant, 'tab:gray'), f'{variant} (n={len(variant_runs)})'
+        draw(axes[0], x_sev, [[r['clean_error']] + [statistics.fmean(e[i] for e in r['corruption_errors'].values())
+                                                    for i in range(len(SEVERITIES))] for r in variant_runs],
+             colour, label)
         attacked = [r for r in variant_runs if r.get('attack_errors')]
-        for attack, style in (('fgsm', 's--'), ('pgd10', 'o-')):
-            if not attacked:
-                continue
-            eps = list(attacked[0]['attack_errors'][attack])
-            x_eps = [float(e) for e in eps]
-            mean, half = _band([[r['attack_errors'][attack][e] for e in eps] for r in attacked])
-            right.plot(x_eps, mean, style, color=colour, label=f'{variant}, {ATTACK_LABELS[attack]}')
-            right.fill_between(x_eps, mean - half, mean + half, color=colour, alpha=0.15)
-    left.set(xlabel='corruption severity (0 = clean)', ylabel='test error (%), mean over corruptions',
-             title='Common corruptions (on the fly)', xticks=x_sev)
-    right.set(xlabel='eps (L-inf, pixels in [0, 1])', ylabel='test error under attack (%)',
-              title='FGSM and PGD-10 (step eps/4, random start)')
-    for ax in (left, right):
+        for ax, attack in zip(axes[1:], ('fgsm', 'pgd10')):
+            if attacked:
+                eps = list(attacked[0]['attack_errors'][attack])
+                draw(ax, [float(e) for e in eps], [[r['attack_errors'][attack][e] for e in eps] for r in attacked],
+                     colour, label)
+    axes[0].set(xlabel='corruption severity (0 = clean)', ylabel='test error (%), mean over corruptions',
+                title='Common corruptions (on the fly)', xticks=x_sev)
+    for ax, attack in zip(axes[1:], ('fgsm', 'pgd10')):
+        steps = ' (10 steps of eps/4, random start)' if attack == 'pgd10' else ''
+        ax.set(xlabel='eps (L-inf, pixels in [0, 1])', ylabel='test error under attack (%)',
+               title=f'{ATTACK_LABELS[attack]}{steps}', ylim=(0, 102))
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle('CIFAR ResNet-20 on MNIST-5k (1000 test images): mean and 95% confidence band over seeds',
@@ -492,7 +496,7 @@ Each cell: mean +- std over seeds; below it, for the regularisers, the paired di
 **Conclusion, from these numbers:**
 
 {conclusion(summary)}{reading}
-![error against corruption severity and against eps, 95% bands](docs/study/robustness.png)
+![error against corruption severity, FGSM eps and PGD-10 eps, 95% bands](docs/study/robustness.png)
 
 ![Grad-CAM: input, baseline, TENET on MNIST-5k test images (seed 0)](docs/study/cam.png)
 
