@@ -68,6 +68,18 @@ def test_corruption_is_deterministic_with_seeded_generator(name):
     torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('name', ALL)
+def test_corruption_is_float32_under_autocast(name, dtype):
+    # a caller's autocast (e.g. corrupting inside an AMP loop) must not lower the convolutions and products
+    x = _natural_images(2, 32)
+    expected = corrupt(x, name, 3, generator=torch.Generator().manual_seed(5))
+    with torch.autocast('cpu', dtype=dtype):
+        out = corrupt(x, name, 3, generator=torch.Generator().manual_seed(5))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('name', ['gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'fog',
                                   'elastic_transform', 'spatter'])
 def test_noise_differs_between_seeds(name):

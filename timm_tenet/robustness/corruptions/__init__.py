@@ -162,7 +162,8 @@ def corrupt(
                          f'{tuple(x.shape)}; add a batch dimension or convert with .float() / 255.')
     entry = _REGISTRY[name]
     params = (entry.cifar if dataset == 'cifar' else entry.imagenet)[severity - 1]
-    out = entry.fn(x.float(), params, generator).clamp_(0, 1)
+    with torch.autocast(x.device.type, enabled=False):  # the reference maths are float32 in any caller's AMP
+        out = entry.fn(x.float(), params, generator).clamp_(0, 1)
     return (as_released(out, dataset) if released else out).to(x.dtype)
 
 
