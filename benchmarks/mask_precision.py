@@ -23,32 +23,23 @@ import statistics
 import timm
 import torch
 
-import timm_tenet.task as task_module
 from timm_tenet import TenetConfig, TenetTask
 from timm_tenet.inhibition import reversed_mask
 from timm_tenet.split_task import LOGIT_GRAD_SCALE
+from timm_tenet.task import TenetTrainableModule
 from timm_tenet.utils.env import versions
 
 
-def float16_step(task: TenetTask, x: torch.Tensor, y: torch.Tensor, scale: float):
-    """One float16-autocast step; the map, group ids and mask its ``reversed_mask`` call saw and made."""
-    seen = {}
-    trainable = task.get_trainable_module()
+def float16_step(trainable: TenetTrainableModule, x: torch.Tensor, y: torch.Tensor, scale: float):
+    """One float16-autocast TENET step with logit-gradient scale ``scale``: the map, gradients, group ids and
+    mask its inhibition saw and made."""
     logit_gradient = trainable.logit_gradient
-
-    def capture(maps, grads, group_ids, num_groups):
-        seen.update(maps=maps, group_ids=group_ids, grads=grads,
-                    mask=reversed_mask(maps, grads, group_ids, num_groups))
-        return seen['mask']
-
-    task_module.reversed_mask, trainable.logit_gradient = capture, lambda a, t: logit_gradient(a, t, scale=scale)
+    trainable.logit_gradient = lambda a, t: logit_gradient(a, t, scale=scale)
     try:
         with torch.autocast('cpu', dtype=torch.float16):
-            task(x, y)
+            return trainable(x, y, tenet_step=True)
     finally:
-        task_module.reversed_mask = reversed_mask
         del trainable.logit_gradient
-    return seen
 
 
 def main():
@@ -77,7 +68,7 @@ def main():
         y = torch.randint(0, 10, (args.batch_size,), generator=gen)
         # the step's clean pass updated D's running statistics before its eval-mode gradient pass, so the
         # float32 masks below see the statistics that pass saw
-        step = float16_step(task, x, y, args.scale)
+        step = float16_step(trainable, x, y, args.scale)
         group_ids = step['group_ids']
 
         def float32_mask(features):

@@ -28,7 +28,7 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file, save_file
 
 import timm
-from timm_tenet import TenetConfig, TenetTask
+from timm_tenet import RscConfig, RscTask, TenetConfig, TenetTask
 from timm_tenet import hub
 from timm_tenet.hub import EXPORT_FILES, ExportError, HubError
 from timm_tenet.robustness.results import read_results
@@ -625,6 +625,39 @@ def test_cifar_export_says_it_needs_timm_tenet(tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'cifar_resnet18' and config['tenet']['requires'] == 'timm_tenet'
     assert 'import timm_tenet  # registers cifar_resnet18' in (folder / 'README.md').read_text()
+
+
+def test_rsc_trained_checkpoint_is_exported_as_rsc_not_with_the_tenet_defaults_of_its_name(tmp_path, inputs):
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_tenet', num_classes=NUM_CLASSES, channels=CHANNELS)
+    cfg = RscConfig(spatial_prob=1.0)
+    task = RscTask(model, cfg)
+    optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.05)
+    task.train()
+    for _ in range(2):
+        loss = task(torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,)))['loss']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state_dict = {k: v.detach().clone() for k, v in task.get_eval_model().state_dict().items()}
+    path = tmp_path / 'rsc.pth.tar'
+    torch.save({'epoch': 1, 'arch': 'resnet18_tenet', 'args': {'model': 'resnet18_tenet', 'rsc': True},
+                'state_dict': state_dict, 'task_state': task.get_task_state()}, path)
+    folder = hub.export_to_folder(path, tmp_path / 'out', 'org/resnet18_rsc', model_kwargs={'channels': CHANNELS})
+
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['tenet']['method'] == 'rsc' and config['tenet']['rsc_config'] == cfg.to_dict()
+    assert config['tenet']['config'] is None  # not the TENET defaults that resnet18_tenet carries
+    assert config['pretrained_cfg']['paper_ids'] == config['tenet']['paper'] == 'arXiv:2007.02454'
+    assert config['pretrained_cfg']['notes'][0].startswith('Trained with RSC as resnet18_tenet')
+    card = (folder / 'README.md').read_text()
+    assert '## RSC settings' in card and '| spatial_prob | 1 |' in card and 'TENET settings' not in card
+    assert 'trained with RSC (Representation Self-Challenging' in card and 'huang2020rsc' in card
+    assert 'liu2021tenet' not in card and 'tenet_cfg' not in card
+    loaded = hub.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert not hasattr(loaded, 'tenet_cfg')
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), reference_logits(state_dict, inputs))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -255,32 +255,24 @@ def test_non_finite_loss_stops_with_the_step_number(resnet):
 
 # --- the step as GPU users run it: AMP, no host reads, checkpointing --------------------------------
 
-def float16_step_mask(monkeypatch, model, stage, x, y):
-    """One float16-autocast TENET step; its map ``A``, group ids and mask (captured), and the task."""
-    import timm_tenet.task as task_module
-    from timm_tenet.inhibition import reversed_mask
-    task = TenetTask(model, TenetConfig(stage=stage, only_correct=False, **EVERY_STEP)).train()
-    seen = {}
-
-    def capture(maps, grads, group_ids, num_groups):
-        seen.update(maps=maps, group_ids=group_ids, mask=reversed_mask(maps, grads, group_ids, num_groups))
-        return seen['mask']
-
-    monkeypatch.setattr(task_module, 'reversed_mask', capture)
+def float16_step_mask(model, stage, x, y):
+    """One float16-autocast TENET step; its map ``A``, group ids and mask, and the trainable module."""
+    trainable = TenetTask(model, TenetConfig(stage=stage, only_correct=False, **EVERY_STEP)).train() \
+        .get_trainable_module()
     with torch.autocast('cpu', dtype=torch.float16):
-        task(x, y)
-    assert seen['maps'].dtype == torch.float16 and seen['mask'].dtype == torch.float32
-    return seen['maps'], seen['group_ids'], seen['mask'], task.get_trainable_module()
+        step = trainable(x, y, tenet_step=True)
+    assert step['maps'].dtype == torch.float16 and step['mask'].dtype == torch.float32
+    return step['maps'], step['group_ids'], step['mask'], trainable
 
 
-def test_mask_of_a_float16_autocast_step_is_float32_and_matches_the_float32_mask(monkeypatch):
+def test_mask_of_a_float16_autocast_step_is_float32_and_matches_the_float32_mask():
     from timm_tenet.inhibition import reversed_mask
     torch.manual_seed(0)
     model = timm.create_model('resnet18', num_classes=10)
     with torch.no_grad():
         model.fc.weight.mul_(0.01)  # small logit gradients: every value of dL_d/dA is a float16 subnormal
     x, y = make_batch(batch=2, size=224)
-    maps, group_ids, mask, trainable = float16_step_mask(monkeypatch, model, -1, x, y)
+    maps, group_ids, mask, trainable = float16_step_mask(model, -1, x, y)
     # stage -1 of a CNN: the maps are the features
     exact = reversed_mask(maps, trainable.logit_gradient(maps.float(), y)[0], group_ids, 6)
     with torch.autocast('cpu', dtype=torch.float16):
@@ -289,7 +281,7 @@ def test_mask_of_a_float16_autocast_step_is_float32_and_matches_the_float32_mask
     assert (unscaled - exact).abs().max() > 1e-3  # the float16 underflow that the scale prevents
 
 
-def test_mask_of_a_float16_step_before_residual_blocks_is_as_close_as_float16_maps_allow(monkeypatch):
+def test_mask_of_a_float16_step_before_residual_blocks_is_as_close_as_float16_maps_allow():
     """With residual blocks in ``D`` the mask moves with the last bits of ``A``: rounding a float32 ``A`` to
     float16, everything else float32, already moves it by more than 1e-3 here, so 1e-3 is out of reach of
     any float16 ``D``. The float16 step (``D``'s gradient pass in float16) stays within 1.5x of that
@@ -299,7 +291,7 @@ def test_mask_of_a_float16_step_before_residual_blocks_is_as_close_as_float16_ma
     torch.manual_seed(0)
     model = timm.create_model('resnet18', num_classes=10)
     x, y = make_batch(batch=2, size=224, seed=4)
-    maps, group_ids, mask, trainable = float16_step_mask(monkeypatch, model, 3, x, y)
+    maps, group_ids, mask, trainable = float16_step_mask(model, 3, x, y)
 
     def float32_mask(features):  # D's eval-mode pass sees the running statistics the step's pass saw
         return reversed_mask(features, trainable.logit_gradient(features, y)[0], group_ids, 6)

@@ -48,9 +48,16 @@ from .config import RscConfig
 from .split_task import SplitModule, SplitTask, is_soft
 from .utils.modes import eval_mode
 
-__all__ = ['RscTask', 'RscTrainableModule', 'challenged_samples', 'channel_mask', 'spatial_mask']
+__all__ = ['RSC_PAPER', 'RscTask', 'RscTrainableModule', 'challenged_samples', 'channel_mask', 'spatial_mask']
 
 _logger = logging.getLogger(__name__)
+
+# the paper, as timm's pretrained_cfg fields (the config.json and model card of an RSC-trained export name it)
+RSC_PAPER = dict(
+    paper_name='Self-Challenging Improves Cross-Domain Generalization',
+    paper_ids='arXiv:2007.02454',
+    origin_url='https://github.com/DeLightCMU/RSC',
+)
 
 _DROP_MARGIN = 1e-4  # the reference's margin: a sample must lose more than this much probability
 

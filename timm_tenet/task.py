@@ -87,7 +87,10 @@ class TenetTrainableModule(SplitModule):
             tenet_step: bool = False,
     ) -> Dict[str, torch.Tensor]:
         """Clean logits (``output``), and on a TENET step the ``inhibited`` logits, the per-sample
-        ``selected`` weights (1 where inhibition applies) and per-sample ``orth`` loss."""
+        ``selected`` weights (1 where inhibition applies) and per-sample ``orth`` loss, plus what the
+        inhibition saw and made, for inspection (mask precision, pictures of the groups): the ``maps``
+        (``A`` as B x C x H x W, detached, in the autocast dtype), their ``grads``, the ``group_ids`` and
+        the float32 ``mask``. :class:`TenetTask` uses the first four only."""
         features = self.features(input)
         output = self.rest(features)
         maps = self.split.to_maps(features)
@@ -118,6 +121,10 @@ class TenetTrainableModule(SplitModule):
             'inhibited': self.masked_logits(features, mask),
             'selected': selected,
             'orth': orthogonal_loss(maps, group_ids, cfg.num_groups, reduction='none'),
+            'maps': maps.detach(),
+            'grads': grads,
+            'group_ids': group_ids,
+            'mask': mask,
         }
 
 

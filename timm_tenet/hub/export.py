@@ -6,6 +6,10 @@ An export holds ``model.safetensors`` (no pickle), timm's ``config.json`` and a 
 in the card and in the extra ``tenet`` field of ``config.json``. The CIFAR bases (``cifar_resnet18``,
 ``cifar_resnext29_4x32d``) are registered by ``timm_tenet`` itself: their exports load only after
 ``import timm_tenet``. :mod:`timm_tenet.hub` uploads the files.
+
+A checkpoint trained with ``--rsc`` (RSC, TENET's nearest relative) is exported as what it is: its ``tenet``
+field holds ``method: 'rsc'`` and the RSC settings in place of TENET's (``config`` is null, even for a
+``*_tenet`` model name), and its card and ``pretrained_cfg`` name the RSC paper.
 """
 import json
 import logging
@@ -23,6 +27,7 @@ from timm.models import save_for_hf
 
 from .. import __version__
 from ..models.tenet_models import TENET_PAPER
+from ..rsc import RSC_PAPER
 from ..robustness.results import ResultsError, read_results
 from ..utils.errors import first_line
 from .model_card import DEFAULT_LICENSE, dataset_ids, model_card
@@ -85,20 +90,23 @@ def _tag(repo_id: str) -> str:
 def _write_files(export: RebuiltModel, card: Dict[str, Any], folder: Path, repo_id: str, verify: bool) -> None:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` into the existing folder ``folder``, and with
     ``verify`` load them as timm does and require the checkpoint model's logits exactly."""
+    method, paper = ('RSC', RSC_PAPER) if export.rsc_cfg is not None else ('TENET', TENET_PAPER)
     tenet = {
         'model': export.tenet_model,
         'architecture': export.architecture,
         'config': export.tenet_cfg,
         'step': export.state.tenet_step,
         'timm_tenet_version': __version__,
-        'paper': TENET_PAPER['paper_ids'],
+        'paper': paper['paper_ids'],
     }
+    if export.rsc_cfg is not None:
+        tenet.update(method='rsc', rsc_config=export.rsc_cfg)
     if export.needs_timm_tenet:
         tenet['requires'] = 'timm_tenet'
-    notes = f"Trained with TENET as {export.tenet_model or export.architecture}; exported by timm_tenet {__version__}."
+    notes = f"Trained with {method} as {export.tenet_model or export.architecture}; exported by timm_tenet {__version__}."
     model_config = dict(
         pretrained_cfg=dict(architecture=export.architecture, tag=_tag(repo_id), license=card['license'],
-                            notes=(notes,), **TENET_PAPER),
+                            notes=(notes,), **paper),
         tenet=tenet,
     )
     if export.state.class_names:

@@ -1,15 +1,16 @@
 """The ``README.md`` model card of a TENET export: timm's own card (metadata block, model details, usage,
 citation) with the TENET settings, the training command and arguments (local paths hidden), and tables of
-``validate.py`` results."""
+``validate.py`` results. An export trained with RSC gets the same card naming RSC, its settings and paper."""
 import math
 import os
 import shlex
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from timm.models._hub import generate_readme
 
 from ..models.tenet_models import TENET_PAPER
+from ..rsc import RSC_PAPER
 
 __all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'dataset_ids', 'model_card']
 
@@ -21,6 +22,12 @@ _CITATION = """@inproceedings{liu2021tenet,
   author={Liu, Haozhe and Wu, Haoqian and Xie, Weicheng and Liu, Feng and Shen, Linlin},
   booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year={2021}
+}"""
+_RSC_CITATION = """@inproceedings{huang2020rsc,
+  title={Self-Challenging Improves Cross-Domain Generalization},
+  author={Huang, Zeyi and Wang, Haohan and Xing, Eric P. and Huang, Dong},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2020}
 }"""
 # training arguments that hold local paths: the public card shows that they were set, not where
 _LOCAL_PATH_KEYS = ('data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map')
@@ -205,10 +212,10 @@ def model_card(
         description=_description(config),
         details=_details(config, datasets, param_count, epoch, metric, weights),
         usage=_usage(config, repo_id),
-        citation=_CITATION,
+        citation=_RSC_CITATION if _method(config)[0] == 'RSC' else _CITATION,
     )
     head, usage = generate_readme(card, repo_id.split('/')[-1]).split('\n## Model Usage\n', 1)
-    tenet_sections = [_tenet_settings(config.get('tenet') or {}), _training(train_command, train_args)]
+    tenet_sections = [_method_settings(config.get('tenet') or {}), _training(train_command, train_args)]
     if results:
         tenet_sections.append('## Evaluation\n\n' + _results_markdown(results))
     return '\n'.join([head] + [s for s in tenet_sections if s] + ['## Model Usage' + '\n' + usage])
@@ -218,15 +225,22 @@ def _trained_as(config: Dict[str, Any]) -> str:
     return (config.get('tenet') or {}).get('model') or config['architecture']
 
 
+def _method(config: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
+    """The training method of an export (``'TENET'``, or ``'RSC'`` for a run trained with ``--rsc``) and its paper."""
+    return ('RSC', RSC_PAPER) if (config.get('tenet') or {}).get('method') == 'rsc' else ('TENET', TENET_PAPER)
+
+
 def _needs_timm_tenet(config: Dict[str, Any]) -> bool:
     return (config.get('tenet') or {}).get('requires') == 'timm_tenet'
 
 
 def _description(config: Dict[str, Any]) -> str:
     arch = config['architecture']
-    text = (f'A `{arch}` image classification model trained with TENET (group-wise inhibition feature '
-            f'regularization, ICCV 2021) as `{_trained_as(config)}`. TENET changes training only: the weights are '
-            f'plain `{arch}` weights, with the same inference cost.')
+    method = _method(config)[0]
+    what = 'RSC (Representation Self-Challenging, ECCV 2020) by `timm_tenet`' if method == 'RSC' \
+        else 'TENET (group-wise inhibition feature regularization, ICCV 2021)'
+    text = (f'A `{arch}` image classification model trained with {what} as `{_trained_as(config)}`. '
+            f'{method} changes training only: the weights are plain `{arch}` weights, with the same inference cost.')
     if _needs_timm_tenet(config):
         text += (f'\n\n`{arch}` is registered by `timm_tenet` (this project), not by timm: '
                  f'install `timm_tenet` and `import timm_tenet` before loading these weights.')
@@ -261,14 +275,18 @@ def _details(config: Dict[str, Any], datasets: Sequence[str], param_count: Optio
             + (f' (evaluation metric {_fmt(metric)})' if metric is not None else '')
     if datasets:
         details['Dataset'] = list(datasets)  # timm lists them in the metadata block too
-    details['Papers'] = {TENET_PAPER['paper_name']: 'https://arxiv.org/abs/' + TENET_PAPER['paper_ids'].split(':')[-1]}
-    details['Original'] = f"{TENET_PAPER['origin_url']} (TENET reference code), " \
+    method, paper = _method(config)
+    details['Papers'] = {paper['paper_name']: 'https://arxiv.org/abs/' + paper['paper_ids'].split(':')[-1]}
+    details['Original'] = f"{paper['origin_url']} ({method} reference code), " \
                           f"https://github.com/huggingface/pytorch-image-models"
     details['Trained and exported with'] = '`timm_tenet` (this project), a TENET plugin for timm'
     return details
 
 
-def _tenet_settings(tenet: Dict[str, Any]) -> str:
+def _method_settings(tenet: Dict[str, Any]) -> str:
+    """The settings table of the training method: RSC's for an RSC export, else TENET's."""
+    if tenet.get('method') == 'rsc':
+        return '## RSC settings\n\n' + _table(['setting', 'value'], list((tenet.get('rsc_config') or {}).items()))
     if not tenet.get('config'):
         return '## TENET settings\n\nThe checkpoint records no TENET settings.\n'
     rows = list(tenet['config'].items())
@@ -307,6 +325,13 @@ def _usage(config: Dict[str, Any], repo_id: str) -> str:
         'transforms = timm.data.create_transform(**data_config, is_training=False)',
         'output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
         'top5_probabilities, top5_class_indices = output.softmax(dim=1).topk(5)', '```', '',
-        f"To fine-tune with TENET again, `timm_tenet.hub.create_model('hf-hub:{repo_id}', pretrained=True)` "
-        f'returns the model with these TENET settings as `model.tenet_cfg`.',
+        _fine_tuning(config, repo_id),
     ])
+
+
+def _fine_tuning(config: Dict[str, Any], repo_id: str) -> str:
+    if _method(config)[0] == 'RSC':
+        return ("To train with RSC again, give `timm_tenet`'s `train.py` the flag `--rsc` and the settings above "
+                "as flags (`spatial_drop` is `--rsc-spatial-drop`, and so on).")
+    return (f"To fine-tune with TENET again, `timm_tenet.hub.create_model('hf-hub:{repo_id}', pretrained=True)` "
+            f'returns the model with these TENET settings as `model.tenet_cfg`.')

@@ -42,6 +42,7 @@ class CheckpointState:
         arch: Model name it was trained as (``args['model']``, else ``arch``), None if not recorded.
         args: Training arguments as a dict (``argparse.Namespace`` or dict in the checkpoint), else empty.
         tenet_cfg: TENET settings from ``task_state['tenet_cfg']``, if recorded.
+        rsc_cfg: RSC settings from ``task_state['rsc_cfg']`` (a run trained with ``--rsc``), if recorded.
         tenet_step: Training forward calls counted by the TENET task, if recorded.
         epoch: Epoch of the checkpoint, if recorded.
         metric: Evaluation metric the checkpoint saver ranked it by, if recorded.
@@ -53,6 +54,7 @@ class CheckpointState:
     arch: Optional[str] = None
     args: Dict[str, Any] = field(default_factory=dict)
     tenet_cfg: Optional[Dict[str, Any]] = None
+    rsc_cfg: Optional[Dict[str, Any]] = None
     tenet_step: Optional[int] = None
     epoch: Optional[int] = None
     metric: Optional[float] = None
@@ -83,6 +85,7 @@ def load_checkpoint_state(checkpoint: Union[str, Path], use_ema: bool = False) -
         return CheckpointState(path=path, state_dict=state_dict, weights='bare')
     task_state = obj.get('task_state') if isinstance(obj.get('task_state'), dict) else {}
     tenet_cfg = task_state.get('tenet_cfg')
+    rsc_cfg = task_state.get('rsc_cfg')
     step = task_state.get('tenet_step')
     metric = obj.get('metric')
     return CheckpointState(
@@ -92,6 +95,7 @@ def load_checkpoint_state(checkpoint: Union[str, Path], use_ema: bool = False) -
         arch=checkpoint_args(obj).get('model'),
         args=recorded_args(obj),
         tenet_cfg=dict(tenet_cfg) if isinstance(tenet_cfg, dict) else None,
+        rsc_cfg=dict(rsc_cfg) if isinstance(rsc_cfg, dict) else None,
         tenet_step=int(step) if isinstance(step, (int, float)) else None,
         epoch=obj.get('epoch') if isinstance(obj.get('epoch'), int) else None,
         metric=float(metric) if isinstance(metric, (int, float)) else None,
@@ -106,7 +110,8 @@ class RebuiltModel:
     model: nn.Module  # eval mode, checkpoint weights
     architecture: str  # the base architecture, config.json's 'architecture'
     tenet_model: Optional[str]  # the *_tenet name, if trained as one
-    tenet_cfg: Optional[Dict[str, Any]]
+    tenet_cfg: Optional[Dict[str, Any]]  # None for a model trained with RSC, whatever its name
+    rsc_cfg: Optional[Dict[str, Any]]  # the RSC settings of a model trained with RSC
     data_config: Dict[str, Any]
     needs_timm_tenet: bool  # the base architecture is registered by timm_tenet, not by timm
 
@@ -172,7 +177,9 @@ def rebuild_model(
     model.load_state_dict(state.state_dict)
     model.eval()
 
-    if state.tenet_cfg is not None:
+    if state.rsc_cfg is not None:
+        tenet_cfg = None  # a *_tenet name carries TENET defaults, but this run trained with RSC instead
+    elif state.tenet_cfg is not None:
         tenet_cfg = dict(state.tenet_cfg)
     elif arch in TENET_BASES:
         tenet_cfg = getattr(model, 'tenet_cfg', TenetConfig()).replace(**known_tenet_fields(tenet_args)).to_dict()
@@ -185,6 +192,7 @@ def rebuild_model(
         architecture=base,
         tenet_model=arch if arch in TENET_BASES else None,
         tenet_cfg=tenet_cfg,
+        rsc_cfg=state.rsc_cfg,
         data_config=data_config,
         needs_timm_tenet=model_entrypoint(base).__module__.split('.')[0] == 'timm_tenet',
     )
