@@ -26,11 +26,9 @@ import timm
 from timm.models import save_for_hf
 
 from .. import __version__
-from ..models.tenet_models import TENET_PAPER
-from ..rsc import RSC_PAPER
 from ..robustness.results import ResultsError, read_results
 from ..utils.errors import first_line
-from .model_card import DEFAULT_LICENSE, dataset_ids, model_card
+from .model_card import DEFAULT_LICENSE, dataset_ids, model_card, training_method
 from .rebuild import CheckpointState, ExportError, RebuiltModel, known_tenet_fields, load_checkpoint_state, \
     rebuild_model
 
@@ -90,17 +88,17 @@ def _tag(repo_id: str) -> str:
 def _write_files(export: RebuiltModel, card: Dict[str, Any], folder: Path, repo_id: str, verify: bool) -> None:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` into the existing folder ``folder``, and with
     ``verify`` load them as timm does and require the checkpoint model's logits exactly."""
-    method, paper = ('RSC', RSC_PAPER) if export.rsc_cfg is not None else ('TENET', TENET_PAPER)
     tenet = {
         'model': export.tenet_model,
         'architecture': export.architecture,
         'config': export.tenet_cfg,
         'step': export.state.tenet_step,
         'timm_tenet_version': __version__,
-        'paper': paper['paper_ids'],
     }
     if export.rsc_cfg is not None:
         tenet.update(method='rsc', rsc_config=export.rsc_cfg)
+    method, paper = training_method(tenet)
+    tenet['paper'] = paper['paper_ids']
     if export.needs_timm_tenet:
         tenet['requires'] = 'timm_tenet'
     notes = f"Trained with {method} as {export.tenet_model or export.architecture}; exported by timm_tenet {__version__}."

@@ -12,7 +12,7 @@ from timm.models._hub import generate_readme
 from ..models.tenet_models import TENET_PAPER
 from ..rsc import RSC_PAPER
 
-__all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'dataset_ids', 'model_card']
+__all__ = ['CARD_TAGS', 'DEFAULT_LICENSE', 'dataset_ids', 'model_card', 'training_method']
 
 CARD_TAGS = ('image-classification', 'timm', 'tenet', 'robustness')
 DEFAULT_LICENSE = 'apache-2.0'
@@ -225,9 +225,14 @@ def _trained_as(config: Dict[str, Any]) -> str:
     return (config.get('tenet') or {}).get('model') or config['architecture']
 
 
+def training_method(tenet: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
+    """The training method named by an export's ``tenet`` field (``'TENET'``, or ``'RSC'`` where it holds
+    ``method: 'rsc'``) and that method's paper."""
+    return ('RSC', RSC_PAPER) if tenet.get('method') == 'rsc' else ('TENET', TENET_PAPER)
+
+
 def _method(config: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
-    """The training method of an export (``'TENET'``, or ``'RSC'`` for a run trained with ``--rsc``) and its paper."""
-    return ('RSC', RSC_PAPER) if (config.get('tenet') or {}).get('method') == 'rsc' else ('TENET', TENET_PAPER)
+    return training_method(config.get('tenet') or {})
 
 
 def _needs_timm_tenet(config: Dict[str, Any]) -> bool:
